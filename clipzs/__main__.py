@@ -1,0 +1,3 @@
+from clipzs.cli import main
+
+main()

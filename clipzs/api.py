@@ -1,0 +1,190 @@
+"""The library's facade: load a model, build (or load) a classifier, classify images.
+
+    from clipzs import ZeroShotClassifier
+    zsc = ZeroShotClassifier.from_pretrained("ViT-B-32-256", "datacomp_s34b_b86k")
+    zsc.build(["cat", "dog=dog|puppy"])
+    for prediction in zsc.classify(["photos/"]):
+        print(prediction.path, prediction.label, prediction.score)
+
+The library never prints and never exits: failures are ClipzsError exceptions, unreadable images are
+predictions whose ``error`` says why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from clipzs import scoring
+from clipzs.cache import cache_dir, key_of
+from clipzs.classifier import FORMAT_VERSION, Classifier
+from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
+from clipzs.errors import ClassifierError, ImageError, UsageError
+from clipzs.images import decode_stream, discover
+from clipzs.model import LoadedModel, load_model
+from clipzs.prediction import Prediction
+from clipzs.prompts import Label, expand, load_templates, parse_labels
+
+
+class ZeroShotClassifier:
+    """A model and, once built or loaded, the classifier it scores images against."""
+
+    def __init__(self, model: LoadedModel, classifier: Classifier | None = None) -> None:
+        self.model = model
+        self.classifier = classifier
+        self.classifier_from_cache = False
+        """Whether the last ``build`` found its classifier in the cache instead of encoding prompts."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = DEFAULT_MODEL,
+        pretrained: str = DEFAULT_PRETRAINED,
+        *,
+        model_config: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+    ) -> ZeroShotClassifier:
+        """Load an open_clip model: ``pretrained`` is a tag or a local checkpoint file."""
+        return cls(load_model(model, pretrained, model_config=model_config, device=device))
+
+    @classmethod
+    def from_classifier_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        model_config: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+    ) -> ZeroShotClassifier:
+        """Load a classifier file and the model it was built for (or the one given, which must match)."""
+        classifier = Classifier.load(Path(path))
+        meta = classifier.meta
+        loaded = load_model(
+            model or meta.get("model"),
+            pretrained or meta.get("pretrained", ""),
+            model_config=model_config or _existing(meta.get("model_config")),
+            device=device,
+        )
+        classifier.check_model(loaded.fingerprint, loaded.name, source=str(path))
+        return cls(loaded, classifier)
+
+    def build(
+        self,
+        labels: Sequence[Label | str],
+        templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+        *,
+        use_cache: bool = True,
+    ) -> Classifier:
+        """Encode every prompt of every label into the classifier matrix; reuse the cached one if present.
+
+        ``labels``: Label objects or specs such as ``"cat"`` / ``"cat=cat|kitten"``. ``templates``: a built-in
+        set name, a template file, or the templates themselves.
+        """
+        label_objs = parse_labels([x.spec if isinstance(x, Label) else x for x in labels])
+        template_list = load_templates(templates) if isinstance(templates, str) else tuple(templates)
+        meta = self._meta(template_list)
+        key = key_of({**meta, "labels": [label.spec for label in label_objs], "format_version": FORMAT_VERSION})
+        path = cache_dir() / "classifiers" / f"{key}.safetensors"
+        if use_cache and path.is_file():
+            try:
+                self.classifier = Classifier.load(path)
+                self.classifier_from_cache = True
+                return self.classifier
+            except ClassifierError:
+                pass  # a damaged cache entry is rebuilt and replaced below
+        self.classifier = self._encode_classifier(label_objs, template_list, meta)
+        self.classifier_from_cache = False
+        if use_cache:
+            try:
+                self.classifier.save(path)
+            except OSError:
+                pass  # an unwritable cache costs a rebuild next time, nothing else
+        return self.classifier
+
+    def _meta(self, templates: Sequence[str]) -> dict[str, object]:
+        import open_clip
+
+        return {
+            "kind": "zero-shot",
+            "model": self.model.name,
+            "pretrained": self.model.pretrained,
+            "fingerprint": self.model.fingerprint,
+            "model_config": self.model.model_config,
+            "open_clip_version": open_clip.__version__,
+            "templates": list(templates),
+        }
+
+    def _encode_classifier(
+        self, labels: Sequence[Label], templates: Sequence[str], meta: dict[str, object]
+    ) -> Classifier:
+        prompts = [expand(label, templates) for label in labels]
+        features = self.model.encode_text([p for group in prompts for p in group])
+        per_label = torch.split(features, [len(group) for group in prompts])
+        return Classifier(weights=scoring.classifier_matrix(per_label), labels=tuple(labels), meta=meta)
+
+    def use(self, classifier: Classifier) -> None:
+        """Score against this classifier from now on; it must have been built for this model's weights."""
+        classifier.check_model(self.model.fingerprint, self.model.name)
+        self.classifier = classifier
+
+    def classify(
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Score images (files, or folders walked recursively) against the classifier, in input order."""
+        paths = (p for item in inputs for p in discover([os.fspath(item)]))
+        return self.classify_paths(paths, top_k=top_k, batch_size=batch_size, workers=workers)
+
+    def classify_paths(
+        self,
+        paths: Iterable[Path],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Score image files as given (no folder walking), in order; unreadable ones carry their error."""
+        if self.classifier is None:
+            raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        if batch_size < 1 or top_k < 1:
+            raise UsageError("batch size and top-k must be at least 1")
+        workers = workers or min(8, os.cpu_count() or 1)
+        buffer: list[tuple[Path, torch.Tensor | ImageError]] = []
+        decoded = 0
+        for item in decode_stream(paths, self.model.preprocess, workers=workers):
+            buffer.append(item)
+            decoded += not isinstance(item[1], ImageError)
+            if decoded == batch_size:
+                yield from self._score(buffer, top_k)
+                buffer, decoded = [], 0
+        yield from self._score(buffer, top_k)
+
+    def _score(self, items: list[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
+        assert self.classifier is not None
+        good = [x for _, x in items if not isinstance(x, ImageError)]
+        if good:
+            features = self.model.encode_images(torch.stack(good))
+            logits = scoring.logits(features, self.classifier.weights, self.model.logit_scale, self.model.logit_bias)
+            probs = scoring.probabilities(logits, sigmoid=self.model.logit_bias is not None)
+            values, indices = (t.tolist() for t in scoring.top_k(probs, k))
+        names = self.classifier.names
+        row = 0
+        for path, x in items:
+            if isinstance(x, ImageError):
+                yield Prediction(path=str(path), error=str(x))
+                continue
+            top = tuple((names[i], v) for i, v in zip(indices[row], values[row]))
+            yield Prediction(path=str(path), label=top[0][0], score=top[0][1], top_k=top)
+            row += 1
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path and Path(path).is_file() else None

@@ -1,0 +1,70 @@
+"""The cache directory, atomic writes and cache keys. Nothing here is ever left half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clipzs.config import CACHE_ENV
+
+
+def cache_dir() -> Path:
+    """``$CLIPZS_CACHE_DIR`` when set, else the platform's user cache directory for clipzs."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("clipzs"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, sync it, then rename it into place.
+
+    A reader sees the old file or the new one, never a part; a crash leaves at most a stray temporary file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def key_of(fields: dict[str, Any]) -> str:
+    """A stable hex key for a dict of JSON-able fields."""
+    blob = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered in the cache by resolved path, size and mtime."""
+    stat = path.stat()
+    memo = cache_dir() / "fingerprints" / key_of(
+        {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    )
+    try:
+        return memo.read_text().strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    hexdigest = digest.hexdigest()
+    try:
+        atomic_write(memo, lambda tmp: tmp.write_text(hexdigest))
+    except OSError:
+        pass  # an unwritable cache only costs re-hashing next time
+    return hexdigest

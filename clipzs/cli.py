@@ -1,0 +1,294 @@
+"""The clipzs command line: parse options, call the library, render results. Nothing else lives here.
+
+torch and open_clip are imported only inside the commands that need them, so --help and --version are instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
+from clipzs.errors import EXIT_FAILURE, EXIT_SKIPPED, ClipzsError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from clipzs.api import ZeroShotClassifier
+    from clipzs.prompts import Label
+
+app = typer.Typer(
+    name="clipzs",
+    help="Zero-shot image classification with CLIP models: name the classes, get labels for your images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+LabelsOpt = Annotated[
+    Optional[str],
+    typer.Option("--labels", "-l", help="Comma-separated labels; a label may carry aliases: 'cat=cat|kitten,dog'."),
+]
+LabelsFileOpt = Annotated[
+    Optional[Path], typer.Option("--labels-file", help="A text file with one label (same syntax) per line.")
+]
+TemplatesOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--templates", "-t", help=f"Built-in template set (see `clipzs templates`) or a file, one template per line "
+        f"with '{{}}' for the label. [default: {DEFAULT_TEMPLATES}]"
+    ),
+]
+ModelOpt = Annotated[
+    Optional[str], typer.Option("--model", "-m", help=f"open_clip model name. [default: {DEFAULT_MODEL}]")
+]
+PretrainedOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pretrained", "-p",
+        help=f"open_clip pretrained tag, or a local checkpoint file (state dict or safetensors). "
+        f"[default: {DEFAULT_PRETRAINED}]",
+    ),
+]
+ModelConfigOpt = Annotated[
+    Optional[Path], typer.Option("--model-config", help="A custom open_clip model config JSON (names the model).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the classifier cache.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"clipzs {version('clipzs')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Zero-shot image classification with CLIP models."""
+
+
+@app.command()
+def classify(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders (walked recursively), or - to read paths from stdin.",
+                                  metavar="PATH...")
+    ],
+    labels: LabelsOpt = None,
+    labels_file: LabelsFileOpt = None,
+    classifier: Annotated[
+        Optional[Path], typer.Option("--classifier", "-c", help="A classifier file made by `clipzs build-classifier`.")
+    ] = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = (
+        DEFAULT_BATCH_SIZE
+    ),
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = (
+        DEFAULT_TOP_K
+    ),
+    fmt: Annotated[
+        Optional[str],
+        typer.Option("--format", "-f", help="jsonl, csv or table. [default: table on a terminal, else jsonl]"),
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Score images against labels; one result per image, in input order."""
+    from clipzs.images import discover
+    from clipzs.output import choose_format, make_writer, printable
+
+    with _errors() as console:
+        if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
+            raise UsageError("--classifier already holds labels and templates: drop --labels/--labels-file/--templates")
+        chosen = choose_format(fmt, str(output) if output else None, sys.stdout.isatty())
+        stdin = sys.stdin.buffer if "-" in inputs else None
+        paths = list(discover(inputs, stdin))
+        if not any(p.exists() for p in paths):
+            raise UsageError(f"no images found in {', '.join(inputs)}")
+        if classifier is not None:
+            from clipzs.api import ZeroShotClassifier
+
+            zsc = ZeroShotClassifier.from_classifier_file(
+                classifier, model=model, pretrained=pretrained, model_config=model_config, device=device
+            )
+        else:
+            zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        skipped = 0
+        with _open_output(output) as stream, _progress(console, len(paths), quiet) as advance:
+            writer = make_writer(chosen, stream, top_k)
+            for prediction in zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size):
+                writer.write(prediction)
+                if prediction.error is not None:
+                    skipped += 1
+                    console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                advance()
+            writer.close()
+        if not quiet:
+            console.print(f"clipzs: scored {len(paths) - skipped} of {len(paths)} images" +
+                          (f", skipped {skipped}" if skipped else ""))
+        if skipped:
+            raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command("build-classifier")
+def build_classifier(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The classifier file to write.")],
+    labels: LabelsOpt = None,
+    labels_file: LabelsFileOpt = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Encode the labels' prompts once into a classifier file for `classify --classifier`."""
+    with _errors() as console:
+        zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        assert zsc.classifier is not None
+        zsc.classifier.save(output)
+        meta = zsc.classifier.meta
+        console.print(
+            f"clipzs: wrote {output}: {len(zsc.classifier.labels)} labels, {len(meta['templates'])} templates, "
+            f"model {meta['model']} ({meta['pretrained']})"
+        )
+
+
+@app.command()
+def templates(
+    name: Annotated[Optional[str], typer.Argument(help="Print the templates of this set.")] = None,
+) -> None:
+    """List the built-in template sets, or print one."""
+    from clipzs.prompts import builtin_template_sets, load_templates
+
+    with _errors():
+        if name is not None:
+            for template in load_templates(name):
+                typer.echo(template)
+            return
+        for set_name in builtin_template_sets():
+            found = load_templates(set_name)
+            default = "  (default)" if set_name == DEFAULT_TEMPLATES else ""
+            typer.echo(f"{set_name:<12} {len(found):>3} template{'s' if len(found) > 1 else ' '}, e.g. {found[0]!r}{default}")
+
+
+@app.command()
+def models(
+    name: Annotated[Optional[str], typer.Argument(help="Only this model's pretrained tags.")] = None,
+) -> None:
+    """List open_clip models and their pretrained tags (model<TAB>tag)."""
+    import open_clip
+
+    with _errors():
+        pairs = open_clip.list_pretrained()
+        if name is not None:
+            if name not in open_clip.list_models():
+                raise UsageError(f"unknown model {name!r}")
+            pairs = [(m, t) for m, t in pairs if m == name]
+        for model_name, tag in pairs:
+            default = "\t(default)" if (model_name, tag) == (DEFAULT_MODEL, DEFAULT_PRETRAINED) else ""
+            typer.echo(f"{model_name}\t{tag}{default}")
+
+
+def _build(
+    labels: str | None,
+    labels_file: Path | None,
+    templates: str | None,
+    model: str | None,
+    pretrained: str | None,
+    model_config: Path | None,
+    device: str,
+    no_cache: bool,
+) -> ZeroShotClassifier:
+    """Parse labels and templates first (cheap, likely to be mistyped), then load the model and build."""
+    from clipzs.api import ZeroShotClassifier
+    from clipzs.prompts import load_templates
+
+    parsed = _labels(labels, labels_file)
+    template_list = load_templates(templates or DEFAULT_TEMPLATES)
+    zsc = ZeroShotClassifier.from_pretrained(
+        model or (None if model_config else DEFAULT_MODEL),
+        pretrained or DEFAULT_PRETRAINED,
+        model_config=model_config,
+        device=device,
+    )
+    zsc.build(parsed, template_list, use_cache=not no_cache)
+    return zsc
+
+
+def _labels(labels: str | None, labels_file: Path | None) -> tuple[Label, ...]:
+    from clipzs.prompts import labels_from_file, labels_from_option
+
+    if (labels is None) == (labels_file is None):
+        raise UsageError("give the classes with exactly one of --labels 'cat,dog', --labels-file FILE or --classifier")
+    return labels_from_option(labels) if labels is not None else labels_from_file(labels_file)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[Console]:
+    """Turn clipzs errors into one line on stderr and their exit status; a closed pipe ends quietly."""
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+    try:
+        yield console
+    except ClipzsError as e:
+        console.print(f"clipzs: error: {e}")
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("clipzs: interrupted")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
+@contextlib.contextmanager
+def _open_output(output: Path | None) -> Iterator[IO[str]]:
+    if output is None:
+        yield sys.stdout
+        return
+    try:
+        stream = open(output, "w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}") from e
+    with stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _progress(console: Console, total: int, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr, shown only when stderr is a terminal and not --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    disabled = quiet or not console.is_terminal
+    with Progress(
+        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True, disable=disabled,
+    ) as progress:
+        task = progress.add_task("classify", total=total)
+        yield lambda: progress.advance(task)
+
+
+def main() -> None:
+    """Entry point of the `clipzs` command."""
+    app()

@@ -1,0 +1,191 @@
+"""Finding images and decoding them robustly into RGB: the file-system edge of the pipeline, no torch."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipzs.errors import ImageError
+
+BASE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
+T = TypeVar("T")
+NEUTRAL_BACKGROUND = (123, 117, 104)
+"""Transparent areas are composited on CLIP's mean colour, which the model's normalisation maps to zero."""
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """File extensions picked up when walking folders; HEIC/AVIF when pillow-heif is installed."""
+    try:
+        import pillow_heif  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return BASE_EXTENSIONS
+    pillow_heif.register_heif_opener()
+    if hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
+    return BASE_EXTENSIONS | HEIF_EXTENSIONS
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting 'img2' before 'img10'."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", text))
+
+
+def walk(folder: Path) -> list[Path]:
+    """Image files below a folder, recursively, in natural order; hidden files and folders are skipped."""
+    extensions = image_extensions()
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(
+            Path(root, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions
+        )
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+def read_path_list(stream: BinaryIO) -> list[str]:
+    """Paths from a stream, one per line, or NUL-separated when the stream holds a NUL (find -print0)."""
+    data = os.fsdecode(stream.read())
+    parts = data.split("\0") if "\0" in data else data.splitlines()
+    return [p for p in parts if p]
+
+
+def discover(inputs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[Path]:
+    """Expand command-line inputs into image paths, in order.
+
+    A folder yields its image files (see ``walk``); '-' yields the paths listed on ``stdin``; anything else
+    is yielded as given, so that a missing or unreadable file is reported for that file when it is decoded.
+    """
+    for item in inputs:
+        if item == "-":
+            if stdin is None:
+                raise ValueError("'-' given but no stdin stream")
+            yield from (Path(p) for p in read_path_list(stdin))
+        elif os.path.isdir(item):
+            yield from walk(Path(item))
+        else:
+            yield Path(item)
+
+
+def load_image(path: Path, *, draft_size: int | None = None) -> Image.Image:
+    """Decode the first frame of an image file into an upright RGB image, or raise ImageError with the reason.
+
+    ``draft_size``: a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as both sides stay at
+    least this many pixels, which is far cheaper than decoding a 12-MP photo whole.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if draft_size and image.format == "JPEG":
+                    image.draft(image.mode, (draft_size, draft_size))
+                image.load()
+                return to_rgb(_upright(image))
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too many pixels, refused as a possible decompression bomb ({e})") from e
+    except FileNotFoundError as e:
+        raise ImageError("no such file") from e
+    except IsADirectoryError as e:
+        raise ImageError("is a directory") from e
+    except PermissionError as e:
+        raise ImageError("permission denied") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(_unidentified_reason(path)) from e
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+        raise ImageError(f"corrupt or truncated image ({e})") from e
+
+
+def _unidentified_reason(path: Path) -> str:
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+    except OSError:
+        pass
+    return "not an image, or a format that cannot be read"
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored rather than losing it."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - any EXIF parsing failure only costs the rotation
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on ``NEUTRAL_BACKGROUND``."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith(("I", "F")):
+        return _wide_to_rgb(image)
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ImageError(f"unsupported colour mode {mode}") from e
+
+
+def _wide_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale to 8 bits, keeping the appearance a viewer would show."""
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (0 <= low and 255 < high <= 65535 and image.mode == "I"):
+        values = values / 257.0
+    elif image.mode == "F" and 0 <= low and high <= 1:
+        values = values * 255.0
+    elif low < 0 or high > 255:
+        values = (values - low) * (255.0 / (high - low or 1.0))
+    grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return grey.convert("RGB")
+
+
+
+def decode_stream(
+    paths: Iterable[Path],
+    prepare: Callable[[Image.Image], T],
+    *,
+    draft_size: int | None = None,
+    workers: int = 2,
+) -> Iterator[tuple[Path, T | ImageError]]:
+    """Decode and prepare images on worker threads, yielding (path, result or ImageError) in input order.
+
+    At most a few batches' worth of images are in flight, so memory stays flat however many paths come.
+    """
+
+    def work(path: Path) -> T | ImageError:
+        try:
+            return prepare(load_image(path, draft_size=draft_size))
+        except ImageError as e:
+            return e
+
+    window = max(1, workers) * 4
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: collections.deque[tuple[Path, concurrent.futures.Future[T | ImageError]]] = collections.deque()
+        for path in paths:
+            pending.append((path, pool.submit(work, path)))
+            if len(pending) >= window:
+                done_path, future = pending.popleft()
+                yield done_path, future.result()
+        while pending:
+            done_path, future = pending.popleft()
+            yield done_path, future.result()

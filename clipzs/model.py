@@ -1,0 +1,249 @@
+"""Loading open_clip models (hub tags, local checkpoints, custom configs) and encoding with them.
+
+Everything that touches the network is here, and it fails within seconds when the hub cannot be reached.
+Encoders return L2-normalised float32 features on the CPU.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import difflib
+import os
+import socket
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipzs.cache import file_sha256
+from clipzs.device import image_autocast, resolve_device
+from clipzs.errors import ModelError, UsageError
+
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+TEXT_BATCH = 256
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model in eval mode with what it needs to encode: preprocess, tokenizer, temperature."""
+
+    model: Any
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+    name: str
+    pretrained: str
+    fingerprint: str
+    """Identifies the weights: 'name:tag' for a hub tag, 'sha256:...' of a local checkpoint file."""
+    device: torch.device
+    model_config: str | None = None
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.item())
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Features [N, D] of the texts, in fp32 whatever the device."""
+        chunks = []
+        for start in range(0, len(texts), TEXT_BATCH):
+            tokens = self.tokenizer(list(texts[start : start + TEXT_BATCH])).to(self.device)
+            chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features [N, D] of a batch of preprocessed images [N, 3, H, W]."""
+        batch = batch.to(self.device, non_blocking=True)
+        with image_autocast(self.device):
+            features = self.model.encode_image(batch)
+        features = features.float()
+        return (features / features.norm(dim=-1, keepdim=True)).cpu()
+
+
+def load_model(
+    name: str | None,
+    pretrained: str,
+    *,
+    model_config: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+) -> LoadedModel:
+    """Create an open_clip model with its weights, in eval mode on the resolved device.
+
+    ``pretrained`` is an open_clip tag (downloaded from the hub on first use, then read from its cache) or
+    the path of a local checkpoint (a state dict saved with torch.save, or safetensors). ``model_config`` is
+    a custom open_clip model config JSON; the model is then named after the file unless ``name`` is given.
+    """
+    import open_clip
+
+    config_path = None
+    if model_config is not None:
+        config_path = Path(model_config)
+        if not config_path.is_file():
+            raise UsageError(f"model config {config_path} does not exist")
+        open_clip.add_model_config(config_path)
+        name = name or config_path.stem
+    if not name:
+        raise UsageError("no model given")
+    torch_device = resolve_device(device)
+    if not name.startswith("hf-hub:"):
+        _check_model_name(name)
+    checkpoint, fingerprint, preprocess_cfg = _resolve_weights(name, pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=checkpoint,
+            device=torch_device,
+            **{f"image_{key}": value for key, value in preprocess_cfg.items()},
+        )
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise ModelError(f"cannot load {name} with weights {pretrained}: {_first_line(e)}") from e
+    except Exception as e:  # torch's UnpicklingError for a checkpoint that holds code
+        if type(e).__name__ == "UnpicklingError":
+            raise ModelError(
+                f"{pretrained} is not a plain tensor checkpoint (it would need to run pickled code, which clipzs "
+                "refuses); save a state dict or safetensors"
+            ) from e
+        raise
+    model.eval()
+    try:
+        tokenizer = open_clip.get_tokenizer(name)
+    except ImportError as e:
+        raise ModelError(f"the tokenizer of {name} needs the Python package {e.name}: pip install {e.name}") from e
+    except Exception as e:  # noqa: BLE001 - hub tokenizers fail in many ways when offline
+        raise ModelError(f"cannot load the tokenizer of {name}: {_first_line(e)}") from e
+    return LoadedModel(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=pretrained,
+        fingerprint=fingerprint,
+        device=torch_device,
+        model_config=str(config_path.resolve()) if config_path else None,
+    )
+
+
+def _check_model_name(name: str) -> None:
+    import open_clip
+
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(f"unknown model {name!r}{hint}; `clipzs models` lists them")
+
+
+def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, Any]]:
+    """The checkpoint file to load, the weights fingerprint, and the preprocess settings of a tag."""
+    import open_clip
+
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path), f"sha256:{file_sha256(path)}", {}
+    if name.startswith("hf-hub:"):
+        _require_network(name, _hub_endpoint())
+        return "", name, {}
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        if os.sep in pretrained or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
+            raise ModelError(f"checkpoint file {pretrained} does not exist")
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        known = f"known tags: {', '.join(tags)}" if tags else "it has no pretrained tags: give a checkpoint file"
+        raise UsageError(f"{pretrained!r} is neither a pretrained tag of {name} nor a file; {known}")
+    preprocess_cfg = {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+    checkpoint = _cached_checkpoint(cfg)
+    if checkpoint is None:
+        _require_network(f"{name} ({pretrained})", cfg.get("url") or _hub_endpoint())
+        from open_clip.pretrained import download_pretrained
+
+        try:
+            checkpoint = download_pretrained(cfg)
+        except Exception as e:  # noqa: BLE001 - network and hub errors come in many types
+            raise ModelError(f"could not download the weights of {name} ({pretrained}): {_first_line(e)}") from e
+    return checkpoint, f"{name}:{pretrained}", preprocess_cfg
+
+
+def _cached_checkpoint(cfg: dict[str, Any]) -> str | None:
+    """The local file of a tag's weights when a previous download left it in the cache, without network."""
+    if cfg.get("file"):
+        return str(cfg["file"])
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo_id, filename = os.path.split(hub)  # 'org/repo/' names the default weights file
+        filename = filename or HF_WEIGHTS_NAME
+        candidates = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate)
+            if isinstance(found, str):
+                return found
+        return None
+    url = cfg.get("url", "")
+    if url:
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        return str(target) if target.is_file() else None
+    return None
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def _require_network(what: str, url: str) -> None:
+    """Fail at once, with what to do instead, when weights must be downloaded and cannot be."""
+    advice = (
+        "Run once with network access to download and cache them, or pass --pretrained PATH to a local "
+        "checkpoint file (torch.save state dict or safetensors)."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelError(f"the weights of {what} are not in the local cache and HF_HUB_OFFLINE is set. {advice}")
+    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return  # behind a proxy a direct probe says nothing: let the download itself try
+    parsed = urllib.parse.urlparse(url)
+    host = parsed.hostname or url
+    if not _reachable(host, parsed.port or (80 if parsed.scheme == "http" else 443)):
+        raise ModelError(f"the weights of {what} are not in the local cache and {host} cannot be reached. {advice}")
+
+
+def _reachable(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port opens within PROBE_TIMEOUT_S (name lookup included)."""
+
+    def connect() -> None:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=PROBE_TIMEOUT_S)
+        return True
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,111 @@
+"""Writers for predictions: JSON Lines, CSV, and a rich table for people. No torch, no model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import IO, Protocol
+
+from clipzs.errors import UsageError
+from clipzs.prediction import SCORE_DIGITS, Prediction
+
+FORMATS = ("jsonl", "csv", "table")
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+class Writer(Protocol):
+    def write(self, prediction: Prediction) -> None: ...
+    def close(self) -> None: ...
+
+
+def choose_format(requested: str | None, output_name: str | None, stdout_is_terminal: bool) -> str:
+    """--format when given; else by the output file's suffix; else a table on a terminal, JSON Lines in a pipe."""
+    if requested:
+        if requested not in FORMATS:
+            raise UsageError(f"unknown format {requested!r}: use one of {', '.join(FORMATS)}")
+        return requested
+    if output_name:
+        suffix = output_name[output_name.rfind(".") :].lower() if "." in output_name else ""
+        return SUFFIX_FORMATS.get(suffix, "jsonl")
+    return "table" if stdout_is_terminal else "jsonl"
+
+
+def make_writer(fmt: str, stream: IO[str], top_k: int) -> Writer:
+    if fmt == "jsonl":
+        return JsonlWriter(stream)
+    if fmt == "csv":
+        return CsvWriter(stream, top_k)
+    return TableWriter(stream)
+
+
+class JsonlWriter:
+    """One JSON object per line, flushed as it goes so a pipe sees results while the run goes on."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, prediction: Prediction) -> None:
+        self.stream.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class CsvWriter:
+    """Columns path, label, score, error, then label_1, score_1 ... label_k, score_k."""
+
+    def __init__(self, stream: IO[str], top_k: int) -> None:
+        self.stream = stream
+        self.top_k = top_k
+        self.csv = csv.writer(stream)
+        ranks = [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")]
+        self.csv.writerow(["path", "label", "score", "error", *ranks])
+
+    def write(self, prediction: Prediction) -> None:
+        record = prediction.to_dict()
+        ranks: list[object] = []
+        for entry in record.get("top_k", [])[: self.top_k]:
+            ranks += [entry["label"], entry["score"]]
+        ranks += [""] * (2 * self.top_k - len(ranks))
+        self.csv.writerow([record["path"], record.get("label", ""), record.get("score", ""), record.get("error", ""), *ranks])
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableWriter:
+    """A rich table for a terminal, printed when the run ends; control characters in names are escaped."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        self.console = Console(file=stream, highlight=False)
+        self.table = Table("path", "label", "score", "runner-up", box=None, header_style="bold")
+
+    def write(self, prediction: Prediction) -> None:
+        from rich.text import Text
+
+        path = Text(printable(prediction.path))
+        if prediction.error is not None:
+            self.table.add_row(path, Text("error", style="red"), "", Text(prediction.error, style="red"))
+            return
+        runner_up = prediction.top_k[1] if len(prediction.top_k) > 1 else None
+        self.table.add_row(
+            path,
+            Text(prediction.label or "", style="bold"),
+            f"{prediction.score:.{SCORE_DIGITS - 3}f}",
+            Text(f"{runner_up[0]} {runner_up[1]:.3f}" if runner_up else ""),
+        )
+
+    def close(self) -> None:
+        self.console.print(self.table)
+
+
+def printable(text: str) -> str:
+    """Escape control characters (a newline in a file name, say) so one record stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -1,0 +1,126 @@
+"""Template sets, label parsing and prompt expansion: pure functions, no torch.
+
+Label syntax, one label per item (comma-separated on the command line, one per line in a file)::
+
+    cat                          the label "cat", prompted as "cat"
+    cat=cat|kitten|house cat     the label "cat", its prompts ensembled over three aliases
+
+A template is a line of text in which ``{}`` marks where the label (or alias) goes.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipzs.errors import UsageError
+
+PLACEHOLDER = "{}"
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class: the name reported in results and the aliases whose prompts are ensembled into it."""
+
+    name: str
+    aliases: tuple[str, ...]
+
+    @property
+    def spec(self) -> str:
+        """The label written back in the syntax it is parsed from."""
+        if self.aliases == (self.name,):
+            return self.name
+        return f"{self.name}={'|'.join(self.aliases)}"
+
+
+def _prompts_dir() -> Path:
+    """Built-in template sets: inside the installed package, or prompts/ beside it in a source checkout."""
+    packaged = Path(str(importlib.resources.files("clipzs"))) / "prompts"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "prompts"
+
+
+def builtin_template_sets() -> dict[str, Path]:
+    """Names of the built-in template sets and the files that hold them."""
+    return {p.stem: p for p in sorted(_prompts_dir().glob("*.txt"))}
+
+
+def parse_templates(text: str, source: str) -> tuple[str, ...]:
+    """Templates from text: one per line; blank lines and lines starting with '#' are skipped."""
+    templates = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.count(PLACEHOLDER) != 1:
+            raise UsageError(f"{source}, line {number}: a template needs exactly one '{{}}' marking the label: {line!r}")
+        templates.append(line)
+    if not templates:
+        raise UsageError(f"{source} holds no templates (one per line, '{{}}' marking the label)")
+    return tuple(templates)
+
+
+def load_templates(name_or_path: str) -> tuple[str, ...]:
+    """A built-in template set by name, or the templates in a text file."""
+    builtin = builtin_template_sets()
+    if name_or_path in builtin:
+        return parse_templates(builtin[name_or_path].read_text(encoding="utf-8"), name_or_path)
+    path = Path(name_or_path)
+    if path.is_file():
+        return parse_templates(_read_text(path), str(path))
+    raise UsageError(
+        f"unknown template set {name_or_path!r}: use one of {', '.join(builtin)} or the path of a text file "
+        "with one template per line"
+    )
+
+
+def parse_label(spec: str) -> Label:
+    """Parse ``name`` or ``name=alias|alias|...``."""
+    name, sep, rest = spec.partition("=")
+    name = name.strip()
+    aliases = tuple(a.strip() for a in rest.split("|")) if sep else (name,)
+    if not name:
+        raise UsageError(f"a label needs a name: {spec!r}")
+    if not all(aliases):
+        raise UsageError(f"empty alias in label {spec!r} (write name=alias|alias)")
+    return Label(name, aliases)
+
+
+def parse_labels(specs: Iterable[str]) -> tuple[Label, ...]:
+    """Labels from specs; blank specs are skipped, duplicates and an empty list are errors."""
+    labels = tuple(parse_label(s) for s in specs if s.strip())
+    if not labels:
+        raise UsageError("no labels given: use --labels 'cat,dog' or --labels-file FILE")
+    seen: set[str] = set()
+    for label in labels:
+        if label.name in seen:
+            raise UsageError(f"label {label.name!r} is given twice")
+        seen.add(label.name)
+    return labels
+
+
+def labels_from_option(text: str) -> tuple[Label, ...]:
+    """Labels from a comma-separated ``--labels`` value."""
+    return parse_labels(text.split(","))
+
+
+def labels_from_file(path: Path) -> tuple[Label, ...]:
+    """Labels from a file with one label per line; blank lines and '#' comments are skipped."""
+    lines = [line for line in _read_text(path).splitlines() if not line.lstrip().startswith("#")]
+    return parse_labels(lines)
+
+
+def expand(label: Label, templates: Sequence[str]) -> list[str]:
+    """Every prompt for one label: each alias in each template, aliases outermost."""
+    return [t.replace(PLACEHOLDER, alias) for alias in label.aliases for t in templates]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+

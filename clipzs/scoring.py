@@ -1,0 +1,47 @@
+"""The math of zero-shot classification: pure functions on tensors, no IO.
+
+Shapes: image features F [N, D], classifier weights W [D, C], both L2-normalised per vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise each row."""
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def class_embedding(prompt_features: torch.Tensor) -> torch.Tensor:
+    """One class vector from its prompts' features [P, D]: normalise, average, renormalise -> [D]."""
+    return normalize(normalize(prompt_features).mean(dim=0))
+
+
+def classifier_matrix(per_class: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-class prompt features (each [P_c, D]) into the classifier W [D, C]."""
+    return torch.stack([class_embedding(f) for f in per_class], dim=1)
+
+
+def logits(
+    image_features: torch.Tensor,
+    weights: torch.Tensor,
+    logit_scale: float,
+    logit_bias: float | None = None,
+) -> torch.Tensor:
+    """Scaled cosine similarities [N, C]; ``logit_scale`` is the model's learned temperature, exp'd."""
+    out = logit_scale * (image_features @ weights)
+    return out if logit_bias is None else out + logit_bias
+
+
+def probabilities(logits_: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """Softmax over classes (CLIP), or an independent sigmoid per class (SigLIP, which learns a bias)."""
+    return torch.sigmoid(logits_) if sigmoid else logits_.softmax(dim=-1)
+
+
+def top_k(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best scores and their class indices per row, best first; k is clipped to the class count."""
+    values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return values, indices
