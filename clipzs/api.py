@@ -12,6 +12,7 @@ predictions whose ``error`` says why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -64,7 +65,7 @@ class ZeroShotClassifier:
         classifier = Classifier.load(Path(path))
         meta = classifier.meta
         loaded = load_model(
-            model or meta.get("model"),
+            model or (None if model_config else meta.get("model")),
             pretrained or meta.get("pretrained", ""),
             model_config=model_config or _existing(meta.get("model_config")),
             device=device,
@@ -99,10 +100,8 @@ class ZeroShotClassifier:
         self.classifier = self._encode_classifier(label_objs, template_list, meta)
         self.classifier_from_cache = False
         if use_cache:
-            try:
+            with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time, nothing else
                 self.classifier.save(path)
-            except OSError:
-                pass  # an unwritable cache costs a rebuild next time, nothing else
         return self.classifier
 
     def _meta(self, templates: Sequence[str]) -> dict[str, object]:
@@ -181,7 +180,7 @@ class ZeroShotClassifier:
             if isinstance(x, ImageError):
                 yield Prediction(path=str(path), error=str(x))
                 continue
-            top = tuple((names[i], v) for i, v in zip(indices[row], values[row]))
+            top = tuple((names[i], v) for i, v in zip(indices[row], values[row], strict=True))
             yield Prediction(path=str(path), label=top[0][0], score=top[0][1], top_k=top)
             row += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,8 +52,10 @@ def key_of(fields: dict[str, Any]) -> str:
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, remembered in the cache by resolved path, size and mtime."""
     stat = path.stat()
-    memo = cache_dir() / "fingerprints" / key_of(
-        {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = (
+        cache_dir()
+        / "fingerprints"
+        / key_of({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     )
     try:
         return memo.read_text().strip()
@@ -63,8 +66,10 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     hexdigest = digest.hexdigest()
-    try:
-        atomic_write(memo, lambda tmp: tmp.write_text(hexdigest))
-    except OSError:
-        pass  # an unwritable cache only costs re-hashing next time
+    with contextlib.suppress(OSError):  # an unwritable cache only costs re-hashing next time
+        atomic_write(memo, lambda tmp: _write_text(tmp, hexdigest))
     return hexdigest
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")

@@ -57,7 +57,7 @@ class Classifier:
                 raw = (f.metadata() or {}).get("clipzs")
                 weights = f.get_tensor(TENSOR_NAME) if raw else None
             header = json.loads(raw) if raw else None
-        except Exception as e:  # noqa: BLE001 - safetensors raises several error types for bad files
+        except Exception as e:
             raise ClassifierError(f"{path} is not a clipzs classifier file ({e})") from e
         if not header or header.get("format") != FORMAT or weights is None:
             raise ClassifierError(f"{path} is not a clipzs classifier file (build one with `clipzs build-classifier`)")
@@ -68,7 +68,9 @@ class Classifier:
             )
         labels = tuple(Label(item["name"], tuple(item["aliases"])) for item in header.pop("labels"))
         if weights.ndim != 2 or weights.shape[1] != len(labels):
-            raise ClassifierError(f"{path} is damaged: its matrix has shape {tuple(weights.shape)} for {len(labels)} labels")
+            raise ClassifierError(
+                f"{path} is damaged: its matrix has shape {tuple(weights.shape)} for {len(labels)} labels"
+            )
         for key in ("format", "format_version"):
             header.pop(key)
         return cls(weights=weights, labels=labels, meta=header)

@@ -41,8 +41,10 @@ LabelsFileOpt = Annotated[
 TemplatesOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--templates", "-t", help=f"Built-in template set (see `clipzs templates`) or a file, one template per line "
-        f"with '{{}}' for the label. [default: {DEFAULT_TEMPLATES}]"
+        "--templates",
+        "-t",
+        help=f"Built-in template set (see `clipzs templates`) or a file, one template per line "
+        f"with '{{}}' for the label. [default: {DEFAULT_TEMPLATES}]",
     ),
 ]
 ModelOpt = Annotated[
@@ -51,7 +53,8 @@ ModelOpt = Annotated[
 PretrainedOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--pretrained", "-p",
+        "--pretrained",
+        "-p",
         help=f"open_clip pretrained tag, or a local checkpoint file (state dict or safetensors). "
         f"[default: {DEFAULT_PRETRAINED}]",
     ),
@@ -83,8 +86,10 @@ def _root(
 @app.command()
 def classify(
     inputs: Annotated[
-        list[str], typer.Argument(help="Image files, folders (walked recursively), or - to read paths from stdin.",
-                                  metavar="PATH...")
+        list[str],
+        typer.Argument(
+            help="Image files, folders (walked recursively), or - to read paths from stdin.", metavar="PATH..."
+        ),
     ],
     labels: LabelsOpt = None,
     labels_file: LabelsFileOpt = None,
@@ -143,8 +148,10 @@ def classify(
                 advance()
             writer.close()
         if not quiet:
-            console.print(f"clipzs: scored {len(paths) - skipped} of {len(paths)} images" +
-                          (f", skipped {skipped}" if skipped else ""))
+            console.print(
+                f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"
+                + (f", skipped {skipped}" if skipped else "")
+            )
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
 
@@ -188,7 +195,9 @@ def templates(
         for set_name in builtin_template_sets():
             found = load_templates(set_name)
             default = "  (default)" if set_name == DEFAULT_TEMPLATES else ""
-            typer.echo(f"{set_name:<12} {len(found):>3} template{'s' if len(found) > 1 else ' '}, e.g. {found[0]!r}{default}")
+            typer.echo(
+                f"{set_name:<12} {len(found):>3} template{'s' if len(found) > 1 else ' '}, e.g. {found[0]!r}{default}"
+            )
 
 
 @app.command()
@@ -268,7 +277,7 @@ def _open_output(output: Path | None) -> Iterator[IO[str]]:
         yield sys.stdout
         return
     try:
-        stream = open(output, "w", encoding="utf-8", newline="")
+        stream = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by the with below
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from e
     with stream:
@@ -282,8 +291,13 @@ def _progress(console: Console, total: int, quiet: bool) -> Iterator[Callable[[]
 
     disabled = quiet or not console.is_terminal
     with Progress(
-        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=disabled,
+        TextColumn("classifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=disabled,
     ) as progress:
         task = progress.add_task("classify", total=total)
         yield lambda: progress.advance(task)

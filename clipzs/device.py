@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -30,7 +30,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def image_autocast(device: torch.device) -> ContextManager[object]:
+def image_autocast(device: torch.device) -> AbstractContextManager[object]:
     """Mixed precision for the image tower: fp16 autocast on CUDA, full fp32 elsewhere.
 
     Text features are always computed in fp32: they are computed once per classifier and cached, so the

@@ -21,6 +21,15 @@ BASE_EXTENSIONS = frozenset(
 )
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
 T = TypeVar("T")
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
+    b"BM": "BMP",
+}
 NEUTRAL_BACKGROUND = (123, 117, 104)
 """Transparent areas are composited on CLIP's mean colour, which the model's normalisation maps to zero."""
 
@@ -46,7 +55,7 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
 def walk(folder: Path) -> list[Path]:
     """Image files below a folder, recursively, in natural order; hidden files and folders are skipped."""
     extensions = image_extensions()
-    found = []
+    found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(
@@ -85,6 +94,7 @@ def load_image(path: Path, *, draft_size: int | None = None) -> Image.Image:
     ``draft_size``: a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as both sides stay at
     least this many pixels, which is far cheaper than decoding a 12-MP photo whole.
     """
+    image_extensions()  # registers the HEIF/AVIF openers for files named directly, too
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -110,11 +120,17 @@ def load_image(path: Path, *, draft_size: int | None = None) -> Image.Image:
 
 
 def _unidentified_reason(path: Path) -> str:
+    """Tell an empty file and a damaged header of a known format from a file that is no image at all."""
     try:
-        if os.path.getsize(path) == 0:
-            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(16)
     except OSError:
-        pass
+        head = b"?"
+    if not head:
+        return "empty file"
+    for signature, name in _SIGNATURES.items():
+        if head.startswith(signature):
+            return f"corrupt {name} file: its header cannot be parsed"
     return "not an image, or a format that cannot be read"
 
 
@@ -129,14 +145,14 @@ def _upright(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited on ``NEUTRAL_BACKGROUND``."""
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in image.info:
         return image
+    if mode.startswith(("I", "F")):
+        return _wide_to_rgb(image)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode.startswith(("I", "F")):
-        return _wide_to_rgb(image)
     try:
         return image.convert("RGB")
     except ValueError as e:
@@ -149,15 +165,18 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
 
     values = np.asarray(image).astype(np.float64)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if image.mode.startswith("I;16") or (0 <= low and 255 < high <= 65535 and image.mode == "I"):
+    if image.mode.startswith("I;16") or (low >= 0 and 255 < high <= 65535 and image.mode == "I"):
         values = values / 257.0
-    elif image.mode == "F" and 0 <= low and high <= 1:
+    elif image.mode == "F" and low >= 0 and high <= 1:
         values = values * 255.0
     elif low < 0 or high > 255:
         values = (values - low) * (255.0 / (high - low or 1.0))
-    grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    return grey.convert("RGB")
-
+    grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+    key = image.info.get("transparency")
+    if not isinstance(key, (int, float)):
+        return grey
+    opaque = Image.fromarray(np.asarray(image) != key)
+    return Image.composite(grey, Image.new("RGB", grey.size, NEUTRAL_BACKGROUND), opaque)
 
 
 def decode_stream(

@@ -68,7 +68,9 @@ class CsvWriter:
         for entry in record.get("top_k", [])[: self.top_k]:
             ranks += [entry["label"], entry["score"]]
         ranks += [""] * (2 * self.top_k - len(ranks))
-        self.csv.writerow([record["path"], record.get("label", ""), record.get("score", ""), record.get("error", ""), *ranks])
+        self.csv.writerow(
+            [record["path"], record.get("label", ""), record.get("score", ""), record.get("error", ""), *ranks]
+        )
         self.stream.flush()
 
     def close(self) -> None:

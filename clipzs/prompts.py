@@ -56,7 +56,9 @@ def parse_templates(text: str, source: str) -> tuple[str, ...]:
         if not line or line.startswith("#"):
             continue
         if line.count(PLACEHOLDER) != 1:
-            raise UsageError(f"{source}, line {number}: a template needs exactly one '{{}}' marking the label: {line!r}")
+            raise UsageError(
+                f"{source}, line {number}: a template needs exactly one '{{}}' marking the label: {line!r}"
+            )
         templates.append(line)
     if not templates:
         raise UsageError(f"{source} holds no templates (one per line, '{{}}' marking the label)")
@@ -123,4 +125,3 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
-

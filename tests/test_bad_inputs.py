@@ -1,0 +1,41 @@
+"""A run over good photos mixed with every kind of bad input: the good are scored, the bad reported, nothing lost."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_SKIPPED
+from tests.conftest import ModelFiles, jsonl
+from tests.corpus import write_bad_inputs, write_tricky_images
+
+
+def test_bad_inputs_are_reported_and_skipped(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    bad = write_bad_inputs(tmp_path / "bad")
+    tricky = write_tricky_images(tmp_path / "tricky")
+    assert len(bad) >= 12
+    good = [*photos, *tricky]
+    mixed = [p for pair in itertools.zip_longest(good, bad) for p in pair if p is not None]  # good, bad, good, ...
+    listing = "\0".join(map(str, mixed))  # NUL-separated, as find -print0 writes: names may hold newlines
+
+    result = CliRunner().invoke(
+        app, ["classify", "-", "--labels", "cat,rocket", "-f", "jsonl", *rand_clip.args], input=listing
+    )
+    assert result.exit_code == EXIT_SKIPPED
+    assert "Traceback" not in result.output
+    records = jsonl(result.stdout)
+    assert [r["path"] for r in records] == [str(p) for p in mixed]  # every input once, in input order
+    by_path = {r["path"]: r for r in records}
+    for path in good:
+        record = by_path[str(path)]
+        assert "error" not in record, (path, record)
+        assert record["label"] in {"cat", "rocket"} and 0.0 <= record["score"] <= 1.0
+    warnings = result.stderr.splitlines()
+    for path, keyword in bad.items():
+        record = by_path[str(path)]
+        assert set(record) == {"path", "error"} and keyword in record["error"].lower(), record
+        assert sum(line.startswith(f"clipzs: skipped {path}:") for line in warnings) == 1
+    assert f"skipped {len(bad)}" in warnings[-1]

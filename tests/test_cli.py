@@ -1,0 +1,190 @@
+"""The command line as users run it: CliRunner in-process, and real subprocesses for pipes and start-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.model import LoadedModel
+from tests.conftest import ModelFiles, jsonl
+
+runner = CliRunner()
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), input=input)
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_and_version_do_not_import_torch() -> None:
+    code = "import sys, clipzs, clipzs.cli; print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    version = subprocess.run([sys.executable, "-m", "clipzs", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("clipzs ")
+
+
+def test_pipeline_through_a_real_process(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    """find ... | clipzs classify - : JSON Lines on stdout, one per path in order, diagnostics on stderr."""
+    listing = "".join(f"{p}\n" for p in photos)
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipzs", "classify", "-", "--labels", "cat,rocket,coffee", *rand_clip.args],
+        input=listing,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(photos)
+    for line, path in zip(lines, photos, strict=True):
+        record = json.loads(line)
+        assert record["path"] == str(path)
+        assert record["label"] in {"cat", "rocket", "coffee"}
+        assert record["top_k"][0]["label"] == record["label"]
+        assert sorted((e["score"] for e in record["top_k"]), reverse=True) == [e["score"] for e in record["top_k"]]
+    assert "scored" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_formats_and_output_file(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    code, stdout, _ = run(
+        "classify", str(photos[0]), str(photos[1]), "--labels", "cat,dog", "-k", "2", "-o", str(out), *rand_clip.args
+    )
+    assert code == EXIT_OK and stdout == ""
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["path"] for r in rows] == [str(photos[0]), str(photos[1])]
+    assert {r["label_1"] for r in rows} <= {"cat", "dog"} and all(r["label"] == r["label_1"] for r in rows)
+    code, stdout, _ = run("classify", str(photos[0]), "--labels", "cat,dog", "-f", "table", *rand_clip.args)
+    assert code == EXIT_OK and str(photos[0].name) in stdout and ("cat" in stdout or "dog" in stdout)
+
+
+def test_quiet_prints_nothing_on_stderr(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    code, stdout, stderr = run("classify", str(photos[0]), "--labels", "cat,dog", "-q", *rand_clip.args)
+    assert code == EXIT_OK and len(jsonl(stdout)) == 1 and stderr == ""
+
+
+def test_classifier_file_carries_its_model(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    clf = tmp_path / "pets.clf"
+    code, _, stderr = run("build-classifier", "--labels", "cat,dog", "-o", str(clf), *rand_clip.args)
+    assert code == EXIT_OK and "wrote" in stderr
+    with_file = jsonl(run("classify", str(photos[1]), "--classifier", str(clf))[1])
+    with_labels = jsonl(run("classify", str(photos[1]), "--labels", "cat,dog", *rand_clip.args)[1])
+    assert with_file == with_labels
+
+
+def test_classifier_for_another_model_is_refused(
+    rand_clip: ModelFiles, rand_sigmoid: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    clf = tmp_path / "pets.clf"
+    assert run("build-classifier", "--labels", "cat,dog", "-o", str(clf), *rand_clip.args)[0] == EXIT_OK
+    code, stdout, stderr = run("classify", str(photos[0]), "--classifier", str(clf), *rand_sigmoid.args)
+    assert code == EXIT_USAGE and stdout == "" and "was built for model rand-clip" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--labels", "cat,dog", "--classifier", "x.clf"], "already holds labels"),
+        ([], "exactly one of --labels"),
+        (["--labels", "cat,dog", "--templates", "nope"], "unknown template set"),
+        (["--labels", "cat,dog", "--model", "ViT-B-31"], "did you mean"),
+        (["--labels", "cat,dog", "--model", "ViT-B-32", "--pretrained", "missing/weights.pt"], "does not exist"),
+        (["--labels", "cat,dog", "--model", "ViT-B-32", "--pretrained", "laion9000"], "known tags"),
+        (["--labels", "cat,dog", "--format", "xml"], "unknown format"),
+        (["--classifier", "missing.clf"], "does not exist"),
+        (["--labels", "cat,dog", "--device", "cuda"], "no CUDA GPU"),
+    ],
+)
+def test_usage_errors_are_one_clear_line(photos: list[Path], args: list[str], message: str) -> None:
+    if "--device" in args and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, stdout, stderr = run("classify", str(photos[0]), *args)
+    assert code == EXIT_USAGE and stdout == ""
+    assert message in stderr and stderr.startswith("clipzs: error: ") and stderr.count("\n") == 1
+
+
+def test_no_images_found(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    code, _, stderr = run("classify", str(tmp_path / "empty"), str(tmp_path / "missing"), "--labels", "a,b")
+    assert code == EXIT_USAGE and "no images found" in stderr
+
+
+def test_unreachable_hub_fails_fast_with_advice(photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights neither cached nor reachable: one message saying what to do, not a minute of retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    code, _, stderr = run("classify", str(photos[0]), "--labels", "cat,dog")
+    assert code == EXIT_USAGE
+    assert "cannot be reached" in stderr and "--pretrained PATH" in stderr
+
+
+def test_offline_mode_fails_without_touching_the_network(photos: list[Path]) -> None:
+    code, _, stderr = run("classify", str(photos[0]), "--labels", "cat,dog", "--model", "ViT-B-32", "-p", "openai")
+    assert code == EXIT_USAGE and "HF_HUB_OFFLINE" in stderr
+
+
+def test_listing_commands() -> None:
+    code, stdout, _ = run("templates")
+    assert code == EXIT_OK and "openai-80" in stdout and "(default)" in stdout
+    assert run("templates", "simple")[1] == "a photo of a {}.\n"
+    code, stdout, _ = run("models", "ViT-B-32-256")
+    assert code == EXIT_OK and "ViT-B-32-256\tdatacomp_s34b_b86k\t(default)" in stdout
+
+
+class CountingEncoder:
+    """Counts text encodings, to tell a cached classifier from a recomputed one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = LoadedModel.encode_text
+
+        def counted(model: LoadedModel, texts: list[str]) -> object:
+            self.calls += 1
+            return original(model, texts)
+
+        monkeypatch.setattr(LoadedModel, "encode_text", counted)
+
+
+def test_classifier_cache_reuse_and_invalidation(
+    rand_clip: ModelFiles,
+    rand_sigmoid: ModelFiles,
+    photos: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    _isolated_cache: Path,
+) -> None:
+    encoder = CountingEncoder(monkeypatch)
+    image = str(photos[0])
+    first = run("classify", image, "--labels", "cat,dog", *rand_clip.args)
+    assert first[0] == EXIT_OK and encoder.calls == 1
+    second = run("classify", image, "--labels", "cat,dog", *rand_clip.args)
+    assert second[1] == first[1] and encoder.calls == 1  # reused, same answer
+    run("classify", image, "--labels", "cat,dog", "--templates", "simple", *rand_clip.args)
+    assert encoder.calls == 2  # other templates: rebuilt
+    run("classify", image, "--labels", "cat,dog", *rand_sigmoid.args)
+    assert encoder.calls == 3  # other model: rebuilt
+    run("classify", image, "--labels", "cat,dog,bird", *rand_clip.args)
+    assert encoder.calls == 4  # other labels: rebuilt
+    run("classify", image, "--labels", "cat,dog", "--no-cache", *rand_clip.args)
+    assert encoder.calls == 5  # --no-cache: not read
+    entries = sorted((_isolated_cache / "classifiers").iterdir())
+    assert len(entries) == 4 and all(p.suffix == ".safetensors" for p in entries)  # no temporary files left
+
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:50])  # damaged cache entries are rebuilt, not fatal
+    again = run("classify", image, "--labels", "cat,dog", *rand_clip.args)
+    assert again[0] == EXIT_OK and again[1] == first[1] and encoder.calls == 6

@@ -1,0 +1,107 @@
+"""clipzs gives open_clip's own numbers: the classifier matrix and per-image scores, through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipzs.classifier import Classifier
+from clipzs.cli import app
+from tests.conftest import ModelFiles, jsonl
+
+CLASSES = ["cat", "rocket", "cup of coffee", "astronaut"]
+
+
+def reference(name: str, checkpoint: Path, templates: list, photos: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip's README pipeline: its classifier builder, its preprocess, encode_image, the learned scale."""
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(checkpoint))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    weights = open_clip.build_zero_shot_classifier(model, tokenizer, CLASSES, templates, device="cpu")
+    with torch.no_grad():
+        images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in photos])
+        logits = model.logit_scale.exp() * model.encode_image(images, normalize=True) @ weights
+        if model.logit_bias is not None:
+            return weights, torch.sigmoid(logits + model.logit_bias)
+        return weights, logits.softmax(dim=-1)
+
+
+def scores_by_label(record: dict) -> list[float]:
+    got = {entry["label"]: entry["score"] for entry in record["top_k"]}
+    return [got[name] for name in CLASSES]
+
+
+@pytest.mark.parametrize("model_fixture", ["rand_clip", "rand_sigmoid"])
+def test_matrix_and_scores_equal_open_clip(
+    model_fixture: str, photos: list[Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    files: ModelFiles = request.getfixturevalue(model_fixture)
+    open_clip.add_model_config(files.config)
+    expected_weights, expected_probs = reference(files.name, files.checkpoint, list(OPENAI_IMAGENET_TEMPLATES), photos)
+    runner = CliRunner()
+    clf = tmp_path / "classes.clf"
+    built = runner.invoke(
+        app,
+        ["build-classifier", "--labels", ",".join(CLASSES), "--templates", "openai-80", "-o", str(clf), *files.args],
+    )
+    assert built.exit_code == 0, built.output
+    weights = Classifier.load(clf).weights
+    assert weights.shape == expected_weights.shape
+    assert (weights - expected_weights).abs().max().item() <= 1e-5
+
+    result = runner.invoke(
+        app, ["classify", *map(str, photos), "--classifier", str(clf), "--top-k", str(len(CLASSES)), "-f", "jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    records = jsonl(result.stdout)
+    assert [r["path"] for r in records] == [str(p) for p in photos]
+    for record, expected in zip(records, expected_probs, strict=True):
+        assert scores_by_label(record) == pytest.approx(expected.tolist(), abs=1e-4)
+        assert record["label"] == CLASSES[int(expected.argmax())]
+
+
+def test_sigmoid_scores_are_independent_per_label(rand_sigmoid: ModelFiles, photos: list[Path]) -> None:
+    """SigLIP-style models score each label on its own: the scores need not sum to one."""
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0]), "--labels", "cat,dog", "-f", "jsonl", *rand_sigmoid.args]
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = jsonl(result.stdout)
+    total = sum(entry["score"] for entry in record["top_k"])
+    assert total < 0.5  # the random model's bias of -10 puts every sigmoid near zero
+
+
+def test_real_architecture_vit_b_32(photos: list[Path], tmp_path: Path) -> None:
+    """The same equality on a full-size ViT-B-32 (random weights: weights do not change the code path)."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "vit-b-32-random.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
+    _, expected_probs = reference("ViT-B-32", checkpoint, list(SIMPLE_IMAGENET_TEMPLATES), photos[:3])
+    result = CliRunner().invoke(
+        app,
+        [
+            "classify",
+            *map(str, photos[:3]),
+            "--labels",
+            ",".join(CLASSES),
+            "--templates",
+            "openai-7",
+            "--model",
+            "ViT-B-32",
+            "--pretrained",
+            str(checkpoint),
+            "-k",
+            "4",
+            "-f",
+            "jsonl",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for record, expected in zip(jsonl(result.stdout), expected_probs, strict=True):
+        assert scores_by_label(record) == pytest.approx(expected.tolist(), abs=1e-4)

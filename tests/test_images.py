@@ -1,0 +1,248 @@
+"""Image discovery and decoding, on real photos, awkward-but-valid files and unreadable inputs."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipzs.errors import ImageError
+from clipzs.images import NEUTRAL_BACKGROUND, discover, load_image, natural_key, read_path_list, walk
+from tests.corpus import (
+    GREY_IMAGES,
+    TRANSPARENT_BOX,
+    TRANSPARENT_IMAGES,
+    TRICKY_SIZE,
+    other_frame,
+    photo,
+    reference,
+    write_bad_inputs,
+    write_photos,
+    write_tricky_images,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tricky_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tricky")
+    write_tricky_images(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tricky(tricky_dir: Path) -> dict[str, Image.Image]:
+    """Each tricky image's name -> what load_image made of it."""
+    return {path.name: load_image(path) for path in sorted(tricky_dir.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    photo("coffee").resize((4000, 3000), Image.Resampling.BICUBIC).save(path, quality=90)
+    return path
+
+
+def expected(name: str) -> Image.Image:
+    """What a tricky image should decode to."""
+    image = reference()
+    if name in GREY_IMAGES:
+        image = image.convert("L").convert("RGB")
+    if name in TRANSPARENT_IMAGES:
+        image.paste(NEUTRAL_BACKGROUND, TRANSPARENT_BOX)
+    return image
+
+
+def difference(a: Image.Image, b: Image.Image, size: tuple[int, int] = (60, 40)) -> float:
+    """Mean absolute difference per channel (0-255) once both are box-shrunk to ``size``."""
+    small = [np.asarray(i.convert("RGB").resize(size, Image.Resampling.BOX), dtype=np.float64) for i in (a, b)]
+    return float(np.abs(small[0] - small[1]).mean())
+
+
+def test_photos_are_small_real_jpegs_written_the_same_each_time(photos: list[Path], tmp_path: Path) -> None:
+    assert len(photos) >= 8
+    assert [p.read_bytes() for p in write_photos(tmp_path)] == [p.read_bytes() for p in photos]
+    for path in photos:
+        image = load_image(path)
+        assert image.mode == "RGB", path.name
+        assert max(image.size) <= 512, path.name
+        assert np.asarray(image).std() > 20, path.name  # a photo, not a flat fill
+
+
+def test_tricky_images_load_upright_as_rgb(tricky: dict[str, Image.Image]) -> None:
+    assert len(tricky) >= 17
+    got = {name: (image.mode, image.size) for name, image in tricky.items()}
+    assert {name: shape for name, shape in got.items() if shape != ("RGB", TRICKY_SIZE)} == {}
+
+
+STORED_MODES = {
+    "grey.png": "L",
+    "bilevel.png": "1",
+    "palette.png": "P",
+    "palette-transparent.png": "P",
+    "rgba.png": "RGBA",
+    "grey-alpha.png": "LA",
+    "cmyk.jpg": "CMYK",
+    "grey16.png": "I;16",
+    "grey16-transparent.png": "I;16",
+    "float.tif": "F",
+}
+
+
+def test_tricky_files_are_stored_as_their_names_say(tricky_dir: Path) -> None:
+    """Guards the corpus itself: the awkward modes, orientation and frames are really in the files."""
+    for name, mode in STORED_MODES.items():
+        with Image.open(tricky_dir / name) as stored:
+            assert stored.mode == mode, name
+    with Image.open(tricky_dir / "exif-rotated.jpg") as stored:
+        assert stored.size == TRICKY_SIZE[::-1]
+        assert stored.getexif()[0x0112] == 6
+    for name in ("animated.gif", "multipage.tif"):
+        with Image.open(tricky_dir / name) as stored:
+            assert stored.n_frames == 2, name
+
+
+def test_tricky_images_look_like_the_photo_they_were_made_from(tricky: dict[str, Image.Image]) -> None:
+    differences = {name: round(difference(image, expected(name), size=(30, 20)), 1) for name, image in tricky.items()}
+    assert {name: d for name, d in differences.items() if d > 4} == {}  # another photo differs by ~70
+
+
+def test_transparent_regions_become_the_neutral_background(tricky: dict[str, Image.Image]) -> None:
+    left, top, right, bottom = TRANSPARENT_BOX
+    boxes = {name: np.asarray(tricky[name])[top:bottom, left:right].reshape(-1, 3) for name in TRANSPARENT_IMAGES}
+    wrong = {name: box[0].tolist() for name, box in boxes.items() if not (box == NEUTRAL_BACKGROUND).all()}
+    assert wrong == {}  # name -> a pixel found there
+
+
+@pytest.mark.parametrize("name", ["grey16.png", "float.tif"])
+def test_wide_greyscale_keeps_its_contrast(tricky: dict[str, Image.Image], name: str) -> None:
+    grey = np.asarray(reference().convert("L"), dtype=np.int16)
+    got = np.asarray(tricky[name].convert("L"), dtype=np.int16)
+    assert np.abs(got - np.maximum(grey, 1)).max() <= 1
+
+
+def test_cmyk_jpeg_colours_are_plausible(tricky: dict[str, Image.Image]) -> None:
+    got = np.asarray(tricky["cmyk.jpg"], dtype=np.float64).mean(axis=(0, 1))
+    want = np.asarray(reference(), dtype=np.float64).mean(axis=(0, 1))
+    assert np.abs(got - want).max() < 5
+    assert difference(tricky["cmyk.jpg"], reference()) < 4
+
+
+@pytest.mark.parametrize("name", ["animated.gif", "multipage.tif"])
+def test_multi_frame_files_give_the_first_frame(tricky: dict[str, Image.Image], name: str) -> None:
+    assert difference(tricky[name], reference()) < 3 < difference(tricky[name], other_frame())
+
+
+def test_heic_loads_without_walking_a_folder_first(tricky_dir: Path) -> None:
+    """A .heic named on the command line must decode in a fresh process (HEIF opener registered on demand)."""
+    heic = tricky_dir / "photo.heic"
+    if not heic.exists():
+        pytest.skip("pillow-heif cannot write HEIC here")
+    code = "import sys, pathlib, clipzs.images as i; print(i.load_image(pathlib.Path(sys.argv[1])).size)"
+    run = subprocess.run([sys.executable, "-c", code, str(heic)], cwd=REPO, capture_output=True, text=True)
+    assert run.stdout.strip() == str(TRICKY_SIZE), run.stderr.strip().splitlines()[-1:]
+
+
+def test_bad_inputs_raise_image_error_with_the_reason(tmp_path: Path) -> None:
+    problems = {}
+    for path, keyword in write_bad_inputs(tmp_path).items():
+        try:
+            load_image(path)
+            problems[path.name] = "loaded without error"
+        except ImageError as e:
+            if keyword not in str(e).lower() or "\n" in str(e):
+                problems[path.name] = f"{str(e)!r} lacks {keyword!r}"
+        except Exception as e:  # noqa: BLE001 - any other type escaping is the failure reported
+            problems[path.name] = f"{type(e).__name__}: {e}"
+    assert problems == {}
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files with mode 000")
+def test_bad_inputs_include_permission_denied(tmp_path: Path) -> None:
+    assert "permission denied" in write_bad_inputs(tmp_path).values()
+
+
+@pytest.mark.parametrize("draft_size", [224, 500, 1400])
+def test_draft_decodes_a_big_jpeg_smaller_but_alike(big_jpeg: Path, draft_size: int) -> None:
+    full, draft = load_image(big_jpeg), load_image(big_jpeg, draft_size=draft_size)
+    assert full.size == (4000, 3000)
+    assert min(draft.size) >= draft_size
+    assert draft.width < full.width
+    assert draft.height < full.height
+    assert difference(draft, full, size=(160, 120)) < 2
+
+
+def test_draft_keeps_the_exif_orientation(tricky_dir: Path) -> None:
+    image = load_image(tricky_dir / "exif-rotated.jpg", draft_size=64)
+    assert image.width > image.height >= 64  # upright, and no smaller than asked
+    assert image.width < TRICKY_SIZE[0]
+
+
+def test_draft_size_leaves_other_formats_whole(tricky_dir: Path) -> None:
+    assert load_image(tricky_dir / "grey.png", draft_size=64).size == TRICKY_SIZE
+
+
+def make_tree(root: Path, names: list[str]) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).touch()
+
+
+def test_walk_recurses_in_natural_order_skipping_hidden_and_non_images(tmp_path: Path) -> None:
+    make_tree(
+        tmp_path,
+        [
+            *("a/img10.jpg", "a/img2.jpg", "a/Img1.png", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif"),
+            *("notes.txt", "a/img2.jpg.json", "noext", ".hidden.jpg", ".cache/cached.jpg", "a/.thumbs/t.png"),
+        ],
+    )
+    got = [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)]
+    assert got == ["a/Img1.png", "a/img2.jpg", "a/img10.jpg", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif"]
+
+
+def test_walk_finds_every_tricky_image(tricky_dir: Path) -> None:
+    assert sorted(walk(tricky_dir)) == sorted(tricky_dir.iterdir())
+
+
+def test_natural_key_orders_numbers_by_value() -> None:
+    assert sorted(["img10.jpg", "img2.jpg", "IMG1.jpg", "img02b.jpg"], key=natural_key) == [
+        "IMG1.jpg",
+        "img2.jpg",
+        "img02b.jpg",
+        "img10.jpg",
+    ]
+
+
+def test_discover_yields_explicit_files_as_given_and_expands_folders(tmp_path: Path) -> None:
+    make_tree(tmp_path / "dir", ["b2.png", "b10.png", "skip.txt"])
+    inputs = ["missing.jpg", "notes.txt", str(tmp_path / "dir"), "-"]
+    got = list(discover(inputs, io.BytesIO(b"from-stdin.jpg\n")))
+    assert got == [
+        Path("missing.jpg"),
+        Path("notes.txt"),
+        tmp_path / "dir" / "b2.png",
+        tmp_path / "dir" / "b10.png",
+        Path("from-stdin.jpg"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "paths"),
+    [
+        (b"a.jpg\nsub dir/b c.png\n\n", ["a.jpg", "sub dir/b c.png"]),
+        (b"a.jpg\r\nb.png\r\n", ["a.jpg", "b.png"]),
+        (b"a.jpg\0line\nbreak.png\0", ["a.jpg", "line\nbreak.png"]),
+        ("ünï.jpg\n".encode() + b"caf\xe9.jpg\n", ["ünï.jpg", os.fsdecode(b"caf\xe9.jpg")]),
+    ],
+    ids=["newlines", "crlf", "nul-keeps-newline-in-name", "non-utf8-bytes"],
+)
+def test_dash_reads_a_path_list_from_stdin(data: bytes, paths: list[str]) -> None:
+    assert list(discover(["-"], io.BytesIO(data))) == [Path(p) for p in paths]
+    assert read_path_list(io.BytesIO(data)) == paths
