@@ -57,12 +57,24 @@ class LoadedModel:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Features [N, D] of the texts, in fp32 whatever the device."""
-        chunks = []
+        """Features [N, D] of the texts, in fp32 whatever the device.
+
+        Prompts are sorted by length so that each batch can stop at its longest prompt (see
+        ``encode_tokens_trimmed``), then put back in order.
+        """
+        tokens = self.tokenizer(list(texts))
+        trim = can_trim_tokens(self.model)
+        order = torch.argsort(last_token_index(tokens), stable=True)
+        features = torch.empty(0)
         for start in range(0, len(texts), TEXT_BATCH):
-            tokens = self.tokenizer(list(texts[start : start + TEXT_BATCH])).to(self.device)
-            chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu())
-        return torch.cat(chunks)
+            rows = order[start : start + TEXT_BATCH]
+            batch = tokens[rows].to(self.device)
+            out = encode_tokens_trimmed(self.model, batch) if trim else self.model.encode_text(batch, normalize=True)
+            out = out.float().cpu()
+            if features.numel() == 0:
+                features = torch.empty(len(texts), out.shape[1])
+            features[rows] = out
+        return features
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
@@ -72,6 +84,48 @@ class LoadedModel:
             features = self.model.encode_image(batch)
         features = features.float()
         return (features / features.norm(dim=-1, keepdim=True)).cpu()
+
+
+def last_token_index(tokens: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the last non-padding token (padding is id 0, as open_clip's tokenizers pad)."""
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    return (positions * (tokens != 0)).amax(dim=1)
+
+
+def can_trim_tokens(model: Any) -> bool:
+    """Whether the text tower is open_clip's causal transformer pooled at a token inside the prompt.
+
+    With a causal mask, no position attends to a later one, so the padding after a batch's longest prompt
+    cannot change the features pooled at its end-of-text (or first) token, and need not be computed.
+    Towers without a causal mask (SigLIP's, HF text models) or pooled at the last position are left alone.
+    """
+    import open_clip
+
+    return (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos", "first")
+    )
+
+
+def encode_tokens_trimmed(model: Any, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text``, computed only up to the batch's longest prompt."""
+    from open_clip.transformer import text_global_pool
+
+    length = int(last_token_index(tokens).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
+            else x @ model.text_projection
+        )
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x
 
 
 def load_model(

@@ -70,6 +70,12 @@ def rand_sigmoid(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 
 @pytest.fixture(scope="session")
+def rand_nocausal(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    """A text tower without a causal mask, pooled at the last position: the trimmed text path must not apply."""
+    return _random_model(MODELS / "rand-nocausal.json", tmp_path_factory.mktemp("rand-nocausal"))
+
+
+@pytest.fixture(scope="session")
 def tiny_clip() -> ModelFiles:
     """The tiny CLIP this repo trained on drawn shapes (tests/tinyclip/train.py remakes it)."""
     return ModelFiles(TINYCLIP / "tiny-clip.json", TINYCLIP / "tiny-clip.safetensors")

@@ -37,7 +37,7 @@ def scores_by_label(record: dict) -> list[float]:
     return [got[name] for name in CLASSES]
 
 
-@pytest.mark.parametrize("model_fixture", ["rand_clip", "rand_sigmoid"])
+@pytest.mark.parametrize("model_fixture", ["rand_clip", "rand_sigmoid", "rand_nocausal"])
 def test_matrix_and_scores_equal_open_clip(
     model_fixture: str, photos: list[Path], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -105,3 +105,22 @@ def test_real_architecture_vit_b_32(photos: list[Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     for record, expected in zip(jsonl(result.stdout), expected_probs, strict=True):
         assert scores_by_label(record) == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "trimmed"), [("rand_clip", True), ("rand_sigmoid", True), ("rand_nocausal", False)]
+)
+def test_text_features_trimmed_to_the_longest_prompt_are_unchanged(
+    model_fixture: str, trimmed: bool, request: pytest.FixtureRequest
+) -> None:
+    """Prompts of very different lengths, encoded together: each equals open_clip's full 77-token encoding."""
+    from clipzs.model import can_trim_tokens, load_model
+
+    files: ModelFiles = request.getfixturevalue(model_fixture)
+    loaded = load_model(None, str(files.checkpoint), model_config=files.config, device="cpu")
+    assert can_trim_tokens(loaded.model) is trimmed
+    texts = ["a cat.", "!", "a photo of a very long and winding description of an old house by the sea at dusk."]
+    texts = [*texts, *(f"a photo of number {i}!" for i in range(300))]  # more than one batch
+    with torch.no_grad():
+        expected = loaded.model.encode_text(loaded.tokenizer(texts), normalize=True)
+    assert (loaded.encode_text(texts) - expected).abs().max().item() <= 1e-5
