@@ -13,9 +13,11 @@ predictions whose ``error`` says why.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Union
 
 import torch
 
@@ -23,8 +25,10 @@ from clipzs import scoring
 from clipzs.cache import cache_dir, key_of
 from clipzs.classifier import FORMAT_VERSION, Classifier
 from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
+from clipzs.device import image_precision
 from clipzs.errors import ClassifierError, ImageError, UsageError
-from clipzs.images import decode_stream, discover
+from clipzs.features import FeatureCache, FileKey
+from clipzs.images import discover, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
 from clipzs.prediction import Prediction
 from clipzs.prompts import Label, expand, load_templates, parse_labels
@@ -149,40 +153,102 @@ class ZeroShotClassifier:
         top_k: int = DEFAULT_TOP_K,
         batch_size: int = DEFAULT_BATCH_SIZE,
         workers: int | None = None,
+        use_cache: bool = True,
+        fast_decode: bool = True,
     ) -> Iterator[Prediction]:
-        """Score image files as given (no folder walking), in order; unreadable ones carry their error."""
+        """Score image files as given (no folder walking), in order; unreadable ones carry their error.
+
+        ``use_cache``: read and write the image-feature cache, so an image seen before is not decoded or
+        encoded again. ``fast_decode``: decode large JPEGs at reduced scale (see ``images.load_image``).
+        """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
         if batch_size < 1 or top_k < 1:
             raise UsageError("batch size and top-k must be at least 1")
-        workers = workers or min(8, os.cpu_count() or 1)
-        buffer: list[tuple[Path, torch.Tensor | ImageError]] = []
-        decoded = 0
-        for item in decode_stream(paths, self.model.preprocess, workers=workers):
-            buffer.append(item)
-            decoded += not isinstance(item[1], ImageError)
-            if decoded == batch_size:
-                yield from self._score(buffer, top_k)
-                buffer, decoded = [], 0
-        yield from self._score(buffer, top_k)
+        draft_size = self.model.image_size if fast_decode else None
+        cache = self._feature_cache(draft_size) if use_cache else None
+        try:
+            items = _with_cached(paths, cache)
 
-    def _score(self, items: list[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
+            def prepare(item: tuple[Path, FileKey | None, torch.Tensor | None]) -> Item:
+                path, _, cached = item
+                if cached is not None:
+                    return cached
+                try:
+                    return self.model.preprocess(load_image(path, draft_size=draft_size))
+                except ImageError as e:
+                    return e
+
+            batch: list[tuple[Path, FileKey | None, Item]] = []
+            pending = 0
+            for (path, key, cached), result in ordered_map(prepare, items, workers or _default_workers()):
+                batch.append((path, key, result))
+                pending += cached is None and not isinstance(result, ImageError)
+                if pending >= batch_size or len(batch) >= 4 * batch_size:
+                    yield from self._score(batch, top_k, cache)
+                    batch, pending = [], 0
+            yield from self._score(batch, top_k, cache)
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def _feature_cache(self, draft_size: int | None) -> FeatureCache:
+        encoder = f"{self.model.fingerprint}|{image_precision(self.model.device)}|draft={draft_size or 0}"
+        return FeatureCache(cache_dir() / "features.sqlite3", encoder)
+
+    def _score(
+        self, items: list[tuple[Path, FileKey | None, Item]], k: int, cache: FeatureCache | None
+    ) -> Iterator[Prediction]:
+        """Encode the batch's decoded images, store their features, and score every readable item."""
         assert self.classifier is not None
-        good = [x for _, x in items if not isinstance(x, ImageError)]
-        if good:
-            features = self.model.encode_images(torch.stack(good))
-            logits = scoring.logits(features, self.classifier.weights, self.model.logit_scale, self.model.logit_bias)
+        images = [(key, x) for _, key, x in items if isinstance(x, torch.Tensor) and x.ndim == 3]
+        if images:
+            encoded = self.model.encode_images(torch.stack([x for _, x in images]))
+            if cache is not None:
+                cache.put_many((key, row.numpy()) for (key, _), row in zip(images, encoded, strict=True) if key)
+            fresh = iter(encoded)
+        features = [x if x.ndim == 1 else next(fresh) for _, _, x in items if isinstance(x, torch.Tensor)]
+        if features:
+            logits = scoring.logits(
+                torch.stack(features), self.classifier.weights, self.model.logit_scale, self.model.logit_bias
+            )
             probs = scoring.probabilities(logits, sigmoid=self.model.logit_bias is not None)
             values, indices = (t.tolist() for t in scoring.top_k(probs, k))
         names = self.classifier.names
         row = 0
-        for path, x in items:
+        for path, _, x in items:
             if isinstance(x, ImageError):
                 yield Prediction(path=str(path), error=str(x))
                 continue
             top = tuple((names[i], v) for i, v in zip(indices[row], values[row], strict=True))
             yield Prediction(path=str(path), label=top[0][0], score=top[0][1], top_k=top)
             row += 1
+
+
+Item = Union[torch.Tensor, ImageError]
+"""A decoded image [3, H, W], cached features [D], or the reason the file cannot be read."""
+
+
+def _with_cached(
+    paths: Iterable[Path], cache: FeatureCache | None, chunk: int = 256
+) -> Iterator[tuple[Path, FileKey | None, torch.Tensor | None]]:
+    """Each path with its file key and its cached features (None when absent), looked up a chunk at a time."""
+    for group in _batched(paths, chunk):
+        keys = [FileKey.of(p) if cache is not None else None for p in group]
+        found = cache.get_many([k for k in keys if k]) if cache is not None else {}
+        for path, key in zip(group, keys, strict=True):
+            vector = found.get(key) if key else None
+            yield path, key, torch.from_numpy(vector.copy()) if vector is not None else None
+
+
+def _batched(items: Iterable[Path], n: int) -> Iterator[tuple[Path, ...]]:
+    iterator = iter(items)
+    while group := tuple(itertools.islice(iterator, n)):
+        yield group
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
 
 
 def _existing(path: str | None) -> str | None:

@@ -63,7 +63,9 @@ ModelConfigOpt = Annotated[
     Optional[Path], typer.Option("--model-config", help="A custom open_clip model config JSON (names the model).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the classifier cache.")]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the caches (classifiers, image features).")
+]
 
 
 def _version(value: bool) -> None:
@@ -140,7 +142,8 @@ def classify(
         skipped = 0
         with _open_output(output) as stream, _progress(console, len(paths), quiet) as advance:
             writer = make_writer(chosen, stream, top_k)
-            for prediction in zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size):
+            predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
+            for prediction in predictions:
                 writer.write(prediction)
                 if prediction.error is not None:
                     skipped += 1

@@ -30,12 +30,17 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def image_precision(device: torch.device) -> str:
+    """The precision images are encoded at on this device: part of the image-feature cache key."""
+    return "fp16-autocast" if device.type == "cuda" else "fp32"
+
+
 def image_autocast(device: torch.device) -> AbstractContextManager[object]:
     """Mixed precision for the image tower: fp16 autocast on CUDA, full fp32 elsewhere.
 
     Text features are always computed in fp32: they are computed once per classifier and cached, so the
     matrix is the same whichever device built it.
     """
-    if device.type == "cuda":
+    if image_precision(device) == "fp16-autocast":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()

@@ -20,6 +20,10 @@ BASE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
+DRAFT_MIN_REDUCTION = 4
+"""A JPEG is decoded at reduced scale only when it is at least this many times the size asked for: below
+that, the saving is small and the image is decoded whole, exactly as Pillow's plain open would."""
+S = TypeVar("S")
 T = TypeVar("T")
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -91,15 +95,16 @@ def discover(inputs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[P
 def load_image(path: Path, *, draft_size: int | None = None) -> Image.Image:
     """Decode the first frame of an image file into an upright RGB image, or raise ImageError with the reason.
 
-    ``draft_size``: a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as both sides stay at
-    least this many pixels, which is far cheaper than decoding a 12-MP photo whole.
+    ``draft_size``: a JPEG at least ``DRAFT_MIN_REDUCTION`` times larger may be decoded at a reduced scale
+    (1/4 or 1/8; libjpeg scales in the DCT domain) as long as both sides stay at least this many pixels,
+    which is several times cheaper than decoding a 12-MP photo whole.
     """
     image_extensions()  # registers the HEIF/AVIF openers for files named directly, too
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if draft_size and image.format == "JPEG":
+                if draft_size and image.format == "JPEG" and min(image.size) >= DRAFT_MIN_REDUCTION * draft_size:
                     image.draft(image.mode, (draft_size, draft_size))
                 image.load()
                 return to_rgb(_upright(image))
@@ -179,32 +184,20 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
     return Image.composite(grey, Image.new("RGB", grey.size, NEUTRAL_BACKGROUND), opaque)
 
 
-def decode_stream(
-    paths: Iterable[Path],
-    prepare: Callable[[Image.Image], T],
-    *,
-    draft_size: int | None = None,
-    workers: int = 2,
-) -> Iterator[tuple[Path, T | ImageError]]:
-    """Decode and prepare images on worker threads, yielding (path, result or ImageError) in input order.
+def ordered_map(work: Callable[[S], T], items: Iterable[S], workers: int) -> Iterator[tuple[S, T]]:
+    """Run ``work`` on worker threads, yielding (item, result) in input order.
 
-    At most a few batches' worth of images are in flight, so memory stays flat however many paths come.
+    Only a few batches' worth of items are in flight at once, so memory stays flat however many come.
+    Decoding releases the GIL (Pillow's codecs and resampling), so threads decode in parallel.
     """
-
-    def work(path: Path) -> T | ImageError:
-        try:
-            return prepare(load_image(path, draft_size=draft_size))
-        except ImageError as e:
-            return e
-
-    window = max(1, workers) * 4
+    window = max(1, workers) * 8
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: collections.deque[tuple[Path, concurrent.futures.Future[T | ImageError]]] = collections.deque()
-        for path in paths:
-            pending.append((path, pool.submit(work, path)))
+        pending: collections.deque[tuple[S, concurrent.futures.Future[T]]] = collections.deque()
+        for item in items:
+            pending.append((item, pool.submit(work, item)))
             if len(pending) >= window:
-                done_path, future = pending.popleft()
-                yield done_path, future.result()
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            done_path, future = pending.popleft()
-            yield done_path, future.result()
+            done, future = pending.popleft()
+            yield done, future.result()

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from clipzs.errors import ImageError
-from clipzs.images import NEUTRAL_BACKGROUND, discover, load_image, natural_key, read_path_list, walk
+from clipzs.images import (
+    DRAFT_MIN_REDUCTION,
+    NEUTRAL_BACKGROUND,
+    discover,
+    load_image,
+    natural_key,
+    read_path_list,
+    walk,
+)
 from tests.corpus import (
     GREY_IMAGES,
     TRANSPARENT_BOX,
@@ -169,7 +177,7 @@ def test_bad_inputs_include_permission_denied(tmp_path: Path) -> None:
     assert "permission denied" in write_bad_inputs(tmp_path).values()
 
 
-@pytest.mark.parametrize("draft_size", [224, 500, 1400])
+@pytest.mark.parametrize("draft_size", [224, 500, 750])
 def test_draft_decodes_a_big_jpeg_smaller_but_alike(big_jpeg: Path, draft_size: int) -> None:
     full, draft = load_image(big_jpeg), load_image(big_jpeg, draft_size=draft_size)
     assert full.size == (4000, 3000)
@@ -179,9 +187,14 @@ def test_draft_decodes_a_big_jpeg_smaller_but_alike(big_jpeg: Path, draft_size: 
     assert difference(draft, full, size=(160, 120)) < 2
 
 
+def test_draft_needs_a_fourfold_reduction(big_jpeg: Path) -> None:
+    """A JPEG less than DRAFT_MIN_REDUCTION times the size asked for is decoded whole, exactly."""
+    assert load_image(big_jpeg, draft_size=3000 // DRAFT_MIN_REDUCTION + 1).size == (4000, 3000)
+
+
 def test_draft_keeps_the_exif_orientation(tricky_dir: Path) -> None:
-    image = load_image(tricky_dir / "exif-rotated.jpg", draft_size=64)
-    assert image.width > image.height >= 64  # upright, and no smaller than asked
+    image = load_image(tricky_dir / "exif-rotated.jpg", draft_size=50)
+    assert image.width > image.height >= 50  # upright, and no smaller than asked
     assert image.width < TRICKY_SIZE[0]
 
 

@@ -1,0 +1,115 @@
+"""The image-feature cache: a seen image is not decoded or encoded again, and the answers do not change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK
+from clipzs.features import FeatureCache, FileKey
+from clipzs.model import LoadedModel
+from tests.conftest import ModelFiles, jsonl
+
+
+class CountingImageEncoder:
+    """Counts images sent through the image encoder."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.images = 0
+        original = LoadedModel.encode_images
+
+        def counted(model: LoadedModel, batch: object) -> object:
+            self.images += len(batch)  # type: ignore[arg-type]
+            return original(model, batch)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LoadedModel, "encode_images", counted)
+
+
+def classify(folder: Path, labels: str, model: ModelFiles, *extra: str) -> list[dict[str, object]]:
+    result = CliRunner().invoke(app, ["classify", str(folder), "--labels", labels, "-b", "3", *model.args, *extra])
+    assert result.exit_code == EXIT_OK, result.output
+    return jsonl(result.stdout)
+
+
+def test_second_run_reuses_features_with_the_same_answers(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(photos[0].parent, folder)
+    encoder = CountingImageEncoder(monkeypatch)
+    first = classify(folder, "cat,rocket", rand_clip)
+    assert encoder.images == len(photos)
+    assert classify(folder, "cat,rocket", rand_clip) == first  # same labels: same answers, no encoding
+    assert encoder.images == len(photos)
+
+    relabelled = classify(folder, "coffee,flower,space", rand_clip)  # new labels: still no image encoding
+    assert encoder.images == len(photos)
+    assert relabelled == classify(folder, "coffee,flower,space", rand_clip, "--no-cache")  # = computed afresh
+    assert encoder.images == 2 * len(photos)  # --no-cache encoded everything again
+
+
+def test_a_changed_file_is_encoded_again(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(photos[0].parent, folder)
+    classify(folder, "cat,rocket", rand_clip)
+    encoder = CountingImageEncoder(monkeypatch)
+    changed = sorted(folder.iterdir())[0]
+    shutil.copyfile(photos[-1], changed)  # new content under an old name
+    after = {r["path"]: r for r in classify(folder, "cat,rocket", rand_clip)}
+    assert encoder.images == 1
+    fresh = {r["path"]: r for r in classify(folder, "cat,rocket", rand_clip, "--no-cache")}
+    assert after == fresh
+
+
+def test_other_models_do_not_share_features(
+    rand_clip: ModelFiles, rand_sigmoid: ModelFiles, photos: list[Path]
+) -> None:
+    folder = photos[0].parent
+    classify(folder, "cat,rocket", rand_clip)
+    assert classify(folder, "cat,rocket", rand_sigmoid) == classify(folder, "cat,rocket", rand_sigmoid, "--no-cache")
+
+
+def test_rows_are_keyed_by_file_identity_and_encoder(tmp_path: Path) -> None:
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x" * 10)
+    key = FileKey.of(image)
+    assert key is not None and FileKey.of(tmp_path / "missing.jpg") is None and FileKey.of(tmp_path) is None
+    cache = FeatureCache(tmp_path / "f.sqlite3", "model-a")
+    cache.put_many([(key, np.arange(4, dtype=np.float32))])
+    assert cache.get_many([key])[key].tolist() == [0, 1, 2, 3]
+    assert FeatureCache(tmp_path / "f.sqlite3", "model-b").get_many([key]) == {}
+    image.write_bytes(b"y" * 11)
+    assert cache.get_many([FileKey.of(image)]) == {}  # type: ignore[list-item]
+
+
+def test_a_killed_run_leaves_a_usable_cache(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    """SIGKILL in the middle of a run: the next run reads what was written and completes the rest, unchanged."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(120):
+        shutil.copyfile(photos[i % len(photos)], folder / f"img{i}.jpg")
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "clipzs", "classify", str(folder), "-l", "cat,rocket", "-b", "4", *rand_clip.args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    assert proc.stdout is not None
+    for _ in range(20):
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    database = tmp_path / "cache" / "features.sqlite3"
+    assert database.exists()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == EXIT_OK, again.stderr
+    uncached = subprocess.run([*command, "--no-cache"], capture_output=True, text=True, env=env, timeout=300)
+    assert jsonl(again.stdout) == jsonl(uncached.stdout)
