@@ -1,0 +1,68 @@
+"""Classification that is actually right: the repo's tiny CLIP, trained on drawn shapes, on fresh drawings.
+
+These tests fail when the answers are wrong (a transposed matrix, a wrong normalisation, a shuffled label
+order, a broken decoder), not only when the plumbing breaks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.api import ZeroShotClassifier
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK
+from tests.conftest import ModelFiles, jsonl
+from tests.tinyclip.shapes import CLASSES, draw
+
+MIN_ACCURACY = 0.85
+
+
+def drawn_folder(folder: Path, per_class: int, seed: int, size: int = 64, fmt: str = "png") -> dict[Path, str]:
+    """Fresh drawings, named so that the file name does not give the class away."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i in range(per_class):
+        for j, label in enumerate(CLASSES):
+            path = folder / f"{i * len(CLASSES) + j:04d}.{fmt}"
+            draw(label, rng, size=size).save(path, quality=92)  # PNG ignores the JPEG quality
+            truth[path] = label
+    return truth
+
+
+@pytest.mark.parametrize("templates", ["simple", "openai-7"])
+def test_zero_shot_accuracy_on_fresh_drawings(tiny_clip: ModelFiles, tmp_path: Path, templates: str) -> None:
+    truth = drawn_folder(tmp_path / "shapes", per_class=10, seed=2026)
+    result = CliRunner().invoke(
+        app, ["classify", str(tmp_path / "shapes"), "--labels", ",".join(CLASSES), "-t", templates, *tiny_clip.args]
+    )
+    assert result.exit_code == EXIT_OK, result.output
+    records = jsonl(result.stdout)
+    assert len(records) == len(truth) == 120 and len(CLASSES) >= 8
+    correct = sum(r["label"] == truth[Path(r["path"])] for r in records)  # type: ignore[arg-type]
+    assert correct / len(records) >= MIN_ACCURACY
+
+
+def test_aliases_and_label_order_do_not_matter(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """Labels given in reverse with renamed aliases still map each image to the right class."""
+    truth = drawn_folder(tmp_path / "shapes", per_class=4, seed=7)
+    specs = [f"{label.upper()}={label}" for label in reversed(CLASSES)]
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "shapes"), "-l", ",".join(specs), *tiny_clip.args])
+    records = jsonl(result.stdout)
+    correct = sum(r["label"] == truth[Path(r["path"])].upper() for r in records)  # type: ignore[arg-type]
+    assert correct / len(records) >= MIN_ACCURACY
+
+
+def test_reduced_scale_jpeg_decoding_keeps_top_1(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """Large JPEGs decoded at 1/8 scale give the same top-1 as decoding them whole."""
+    truth = drawn_folder(tmp_path / "big", per_class=4, seed=11, size=1024, fmt="jpg")
+    zsc = ZeroShotClassifier.from_pretrained(None, str(tiny_clip.checkpoint), model_config=tiny_clip.config)
+    zsc.build(CLASSES, "simple")
+    fast = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=True)]
+    exact = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=False)]
+    assert fast == exact
+    assert sum(label == truth[p] for label, p in zip(fast, truth, strict=True)) / len(truth) >= MIN_ACCURACY
