@@ -25,7 +25,6 @@ from clipzs import scoring
 from clipzs.cache import cache_dir, key_of
 from clipzs.classifier import FORMAT_VERSION, Classifier
 from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
-from clipzs.device import image_precision
 from clipzs.errors import ClassifierError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
@@ -193,7 +192,7 @@ class ZeroShotClassifier:
                 cache.close()
 
     def _feature_cache(self, draft_size: int | None) -> FeatureCache:
-        encoder = f"{self.model.fingerprint}|{image_precision(self.model.device)}|draft={draft_size or 0}"
+        encoder = f"{self.model.fingerprint}|{self.model.precision}|draft={draft_size or 0}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
     def _score(

@@ -118,6 +118,9 @@ def classify(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
     no_cache: NoCacheOpt = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="CPU: run the image encoder in int8 (faster, slightly different scores).")
+    ] = False,
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
@@ -139,6 +142,10 @@ def classify(
             )
         else:
             zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        if int8:
+            from clipzs.model import quantize_int8
+
+            quantize_int8(zsc.model)
         skipped = 0
         with _open_output(output) as stream, _progress(console, len(paths), quiet) as advance:
             writer = make_writer(chosen, stream, top_k)

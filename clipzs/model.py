@@ -7,11 +7,12 @@ Encoders return L2-normalised float32 features on the CPU.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import difflib
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from clipzs.cache import file_sha256
-from clipzs.device import image_autocast, resolve_device
+from clipzs.device import image_autocast, image_precision, resolve_device
 from clipzs.errors import ModelError, UsageError
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -40,6 +41,13 @@ class LoadedModel:
     """Identifies the weights: 'name:tag' for a hub tag, 'sha256:...' of a local checkpoint file."""
     device: torch.device
     model_config: str | None = None
+    int8: bool = False
+    """Whether the image tower's linear layers run in int8 (``quantize_int8``)."""
+
+    @property
+    def precision(self) -> str:
+        """How images are encoded: part of the image-feature cache key, since it changes the numbers."""
+        return "int8-dynamic" if self.int8 else image_precision(self.device)
 
     @property
     def logit_scale(self) -> float:
@@ -84,6 +92,26 @@ class LoadedModel:
             features = self.model.encode_image(batch)
         features = features.float()
         return (features / features.norm(dim=-1, keepdim=True)).cpu()
+
+
+def quantize_int8(loaded: LoadedModel) -> None:
+    """Run the image tower's linear layers in int8 (PyTorch dynamic quantisation), CPU only.
+
+    Weights are quantised once, activations per batch. The text tower stays fp32, so classifiers and their
+    cache are unchanged. benchmarks/RESULTS.md records the speed-up and the top-1 agreement with fp32.
+    """
+    if loaded.device.type != "cpu":
+        raise UsageError("--int8 is for the CPU: on a GPU, fp16 autocast is already used")
+    if loaded.int8:
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch marks eager-mode quantisation as moving to torchao
+        loaded.model.visual = torch.ao.quantization.quantize_dynamic(
+            loaded.model.visual, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    loaded.int8 = True
 
 
 def last_token_index(tokens: torch.Tensor) -> torch.Tensor:
@@ -157,12 +185,13 @@ def load_model(
         _check_model_name(name)
     checkpoint, fingerprint, preprocess_cfg = _resolve_weights(name, pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name,
-            pretrained=checkpoint,
-            device=torch_device,
-            **{f"image_{key}": value for key, value in preprocess_cfg.items()},
-        )
+        with _skip_random_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=checkpoint,
+                device=torch_device,
+                **{f"image_{key}": value for key, value in preprocess_cfg.items()},
+            )
     except Exception as e:
         if type(e).__name__ == "UnpicklingError":
             raise ModelError(
@@ -187,6 +216,37 @@ def load_model(
         device=torch_device,
         model_config=str(config_path.resolve()) if config_path else None,
     )
+
+
+_INIT_FUNCTIONS = (
+    "normal_",
+    "uniform_",
+    "trunc_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "orthogonal_",
+    "constant_",
+    "zeros_",
+    "ones_",
+)
+
+
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Skip drawing random initial weights that the checkpoint, loaded strictly, overwrites anyway.
+
+    A ViT-B/32 draws 150M random numbers at creation: about a second of start-up on a small CPU.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def _check_model_name(name: str) -> None:

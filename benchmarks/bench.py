@@ -1,0 +1,430 @@
+"""clipzs against open_clip's own pipeline, side by side in one run, on the same model, weights and files.
+
+    python benchmarks/bench.py                 # CPU, the full run (about 15 minutes on 2 cores)
+    python benchmarks/bench.py --quick         # fewer images and repeats, for a first look
+    python benchmarks/bench.py --device cuda --models ViT-B-32,ViT-L-14 --small 4000 --phone 400
+
+The corpus is made from real photos shipped in packages (scikit-image, scikit-learn), re-encoded as JPEGs at
+ImageNet size (500x375) and phone size (4032x3024, with sensor-like grain so they compress like real photos).
+Models are randomly initialised and saved to a checkpoint: weights do not change speed. It prints medians and
+ratios, and writes them with the machine into a section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_SIZE = (500, 375)
+PHONE_SIZE = (4032, 3024)
+
+
+def base_photos() -> list[Image.Image]:
+    """Colour photos from scikit-image and scikit-learn."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry"]
+    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in names]
+    photos += [Image.fromarray(image) for image in load_sample_images().images]
+    return photos
+
+
+def make_corpus(folder: Path, count: int, size: tuple[int, int], grain: float, seed: int) -> list[Path]:
+    """``count`` distinct JPEGs: random crops and flips of the photos, resized to ``size``, optional grain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = base_photos()
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        scale = rng.uniform(0.6, 1.0)
+        w, h = int(photo.width * scale), int(photo.height * scale)
+        x, y = rng.integers(0, photo.width - w + 1), rng.integers(0, photo.height - h + 1)
+        image = photo.crop((x, y, x + w, y + h)).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if grain:
+            noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, grain, (size[1], size[0], 3))
+            image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+        path = folder / f"img{i:05d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def random_checkpoint(name: str, folder: Path) -> Path:
+    import open_clip
+    import torch
+
+    path = folder / f"{name}-random.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model(name).state_dict(), path)
+    return path
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.rows: list[tuple[str, str, str]] = []  # (measurement, value, ratio / note)
+
+    def row(self, name: str, value: str, note: str = "") -> None:
+        self.rows.append((name, value, note))
+        print(f"{name:<58} {value:>18}  {note}", flush=True)
+
+    # -- the text side -------------------------------------------------------------------------------------
+    def text(self, model_name: str, checkpoint: Path) -> None:
+        import open_clip
+        import torch
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.prompts import load_templates
+
+        classes = list(IMAGENET_CLASSNAMES[: self.args.classes])
+        templates = load_templates("openai-80")
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+        reference: list[torch.Tensor] = []
+
+        def ref() -> None:
+            reference[:] = [
+                open_clip.build_zero_shot_classifier(
+                    zsc.model.model, tokenizer, classes, templates, device=zsc.model.device
+                ).cpu()
+            ]
+
+        t_ref = median_seconds(ref, self.args.repeats)
+        t_ours = median_seconds(lambda: zsc.build(classes, templates, use_cache=False), self.args.repeats)
+        assert zsc.classifier is not None
+        diff = (zsc.classifier.weights - reference[0]).abs().max().item()
+        n = len(classes) * len(templates)
+        self.row(f"{model_name} text: open_clip build_zero_shot_classifier", f"{n / t_ref:.0f} prompts/s")
+        self.row(
+            f"{model_name} text: clipzs build",
+            f"{n / t_ours:.0f} prompts/s",
+            f"{t_ref / t_ours:.1f}x open_clip; max abs diff {diff:.1e}",
+        )
+
+    # -- the image side ------------------------------------------------------------------------------------
+    def images(self, model_name: str, checkpoint: Path, paths: list[Path], label: str) -> None:
+        import torch
+
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.output import JsonlWriter
+
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
+        zsc.build(["cat", "dog", "rocket", "coffee"], "simple", use_cache=False)
+        model, preprocess, device = zsc.model.model, zsc.model.preprocess, zsc.model.device
+        bs = self.args.batch_size
+        tensors = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[: min(len(paths), 4 * bs)]])
+
+        def model_only() -> None:
+            done = 0
+            while done < len(paths):
+                n = min(bs, len(paths) - done)
+                batch = tensors[(done % len(tensors)) :][:n]
+                zsc.model.encode_images(batch)  # same autocast, same transfer as classify
+                done += n
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def reference() -> None:
+            """open_clip's README pipeline: PIL open -> preprocess -> encode_image, in batches, serially."""
+            with torch.no_grad(), zsc_autocast(device):
+                for start in range(0, len(paths), bs):
+                    batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[start : start + bs]])
+                    model.encode_image(batch.to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def ours() -> None:
+            with open(os.devnull, "w") as sink:
+                writer = JsonlWriter(sink)
+                for prediction in zsc.classify_paths(paths, batch_size=bs, use_cache=False, workers=self.args.workers):
+                    writer.write(prediction)
+
+        model_only()  # warm-up: kernels, allocator, file cache
+        n = len(paths)
+        t_model = median_seconds(model_only, self.args.repeats)
+        t_ref = median_seconds(reference, self.args.repeats)
+        t_ours = median_seconds(ours, self.args.repeats)
+        self.row(f"{model_name} {label}: model-only forward", f"{n / t_model:.1f} img/s")
+        self.row(
+            f"{model_name} {label}: open_clip reference pipeline",
+            f"{n / t_ref:.1f} img/s",
+            f"{t_model / t_ref:.0%} of model-only",
+        )
+        self.row(
+            f"{model_name} {label}: clipzs classify end to end",
+            f"{n / t_ours:.1f} img/s",
+            f"{t_model / t_ours:.0%} of model-only; {t_ref / t_ours:.2f}x reference",
+        )
+
+    # -- whole commands ------------------------------------------------------------------------------------
+    def reclassify(self, model_name: str, checkpoint: Path, paths: list[Path]) -> None:
+        """A folder classified once, then again with other labels: whole commands, and the library's phase."""
+        from clipzs.api import ZeroShotClassifier
+
+        folder = paths[0].parent
+        env = {**os.environ, "CLIPZS_CACHE_DIR": str(self.work / "cache-commands")}
+        base = [
+            sys.executable,
+            "-m",
+            "clipzs",
+            "classify",
+            str(folder),
+            "--model",
+            model_name,
+            "--pretrained",
+            str(checkpoint),
+            "--device",
+            self.args.device,
+            "-q",
+            "-o",
+            os.devnull,
+        ]
+        commands = [
+            median_seconds(lambda labels=labels: subprocess.run([*base, "-l", labels], env=env, check=True), 1)
+            for labels in ("cat,dog,rocket", "coffee,flower,astronaut,space")
+        ]
+        os.environ["CLIPZS_CACHE_DIR"] = str(self.work / "cache-library")
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
+
+        def classify(labels: list[str]) -> None:
+            zsc.build(labels, "openai-7")
+            for _ in zsc.classify_paths(paths, batch_size=self.args.batch_size, workers=self.args.workers):
+                pass
+
+        phases = [
+            median_seconds(lambda labels=labels: classify(labels), 1)
+            for labels in (["cat", "dog", "rocket"], ["coffee", "flower", "astronaut", "space"])
+        ]
+        n = len(paths)
+        self.row(
+            f"{model_name} re-classify {n} photos: first command",
+            f"{commands[0]:.1f} s",
+            f"build + classify in the library: {phases[0]:.1f} s",
+        )
+        self.row(
+            f"{model_name} re-classify: second command, other labels",
+            f"{commands[1]:.1f} s",
+            f"{commands[0] / commands[1]:.1f}x faster; in the library {phases[1]:.2f} s, "
+            f"{phases[0] / phases[1]:.0f}x faster",
+        )
+
+    def startup(self) -> None:
+        for flag in ("--help", "--version"):
+            t = median_seconds(
+                lambda flag=flag: subprocess.run(
+                    [sys.executable, "-m", "clipzs", flag], capture_output=True, check=True
+                ),
+                5,
+            )
+            self.row(f"clipzs {flag}", f"{t:.2f} s")
+
+    def memory(self, small: list[Path]) -> None:
+        config = ROOT / "tests" / "models" / "rand-clip.json"
+        import open_clip
+
+        open_clip.add_model_config(config)
+        checkpoint = random_checkpoint("rand-clip", self.work)
+        rss = {}
+        for count in (500, 5000):
+            listing = "".join(f"{small[i % len(small)]}\n" for i in range(count))
+            command = [
+                sys.executable,
+                "-m",
+                "clipzs",
+                "classify",
+                "-",
+                "-l",
+                "cat,dog",
+                "--model-config",
+                str(config),
+                "--pretrained",
+                str(checkpoint),
+                "--no-cache",
+                "-q",
+                "--device",
+                "cpu",
+            ]
+            # A small wrapper process measures its child: a child forked from this big process directly
+            # would count this process's pages in its peak until it execs.
+            out = subprocess.run(
+                [sys.executable, "-c", RSS_WRAPPER, *command], input=listing, text=True, capture_output=True, check=True
+            )
+            rss[count] = int(out.stdout.split()[-1]) / 1024  # KiB on Linux
+        self.row("peak RSS, 500 images (small model)", f"{rss[500]:.0f} MB")
+        self.row("peak RSS, 5000 images (small model)", f"{rss[5000]:.0f} MB", f"+{rss[5000] - rss[500]:.0f} MB")
+
+    def int8(self, model_name: str, checkpoint: Path) -> None:
+        import torch
+
+        from clipzs.model import load_model, quantize_int8
+
+        loaded = load_model(model_name, str(checkpoint), device="cpu")
+        batch = torch.randn(self.args.batch_size, 3, loaded.image_size, loaded.image_size)
+        loaded.encode_images(batch)
+        t_fp32 = median_seconds(lambda: loaded.encode_images(batch), self.args.repeats)
+        fp32 = loaded.encode_images(batch)
+        quantize_int8(loaded)
+        loaded.encode_images(batch)
+        t_int8 = median_seconds(lambda: loaded.encode_images(batch), self.args.repeats)
+        cos = torch.nn.functional.cosine_similarity(fp32, loaded.encode_images(batch)).min().item()
+        self.row(
+            f"{model_name} int8 (dynamic) image encoder",
+            f"{len(batch) / t_int8:.1f} img/s",
+            f"{t_fp32 / t_int8:.2f}x fp32; min cosine to fp32 {cos:.4f}",
+        )
+        agreement = tiny_clip_int8_agreement()
+        self.row("tiny-clip int8 top-1 agreement with fp32", f"{agreement:.1%}")
+
+
+RSS_WRAPPER = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdin=sys.stdin, stdout=subprocess.DEVNULL, check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def tiny_clip_int8_agreement(per_class: int = 20) -> float:
+    """Top-1 agreement of int8 and fp32 on the repo's trained test model, over freshly drawn shapes."""
+    sys.path.insert(0, str(ROOT))
+    from clipzs.api import ZeroShotClassifier
+    from clipzs.model import quantize_int8
+    from tests.tinyclip.shapes import CLASSES, draw
+
+    rng = np.random.default_rng(99)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(per_class * len(CLASSES)):
+            path = Path(tmp, f"{i}.png")
+            draw(CLASSES[i % len(CLASSES)], rng).save(path)
+            paths.append(path)
+        tiny = ROOT / "tests" / "tinyclip"
+        zsc = ZeroShotClassifier.from_pretrained(
+            None, str(tiny / "tiny-clip.safetensors"), model_config=tiny / "tiny-clip.json", device="cpu"
+        )
+        zsc.build(CLASSES, "simple", use_cache=False)
+        fp32 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
+        quantize_int8(zsc.model)
+        int8 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
+    return sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(paths)
+
+
+def zsc_autocast(device: object) -> object:
+    from clipzs.device import image_autocast
+
+    return image_autocast(device)  # type: ignore[arg-type]
+
+
+def machine() -> str:
+    import open_clip
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), open_clip {open_clip.__version__}, Pillow {Image.__version__}"
+    )
+
+
+def write_results(path: Path, section: str, text: str) -> None:
+    begin, end = f"<!-- begin {section} -->", f"<!-- end {section} -->"
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        old = head.rstrip("\n") + "\n" + rest.split(end, 1)[1].lstrip("\n")
+    path.write_text(old.rstrip("\n") + f"\n\n{begin}\n{text}\n{end}\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="ViT-B-32", help="comma-separated open_clip model names")
+    parser.add_argument("--small", type=int, default=300, help="ImageNet-size JPEGs")
+    parser.add_argument("--phone", type=int, default=48, help="12-MP JPEGs")
+    parser.add_argument("--classes", type=int, default=50, help="ImageNet classes x 80 templates for the text side")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--section", default=None, help="RESULTS.md section name [default: the device]")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.small, args.phone, args.classes, args.repeats = 64, 8, 10, 1
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory(prefix="clipzs-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["CLIPZS_CACHE_DIR"] = str(work / "cache")
+        started = time.perf_counter()
+        small = make_corpus(work / "small", args.small, SMALL_SIZE, grain=0, seed=1)
+        phone = make_corpus(work / "phone", args.phone, PHONE_SIZE, grain=6, seed=2)
+        megabytes = sum(p.stat().st_size for p in phone) / len(phone) / 1e6
+        print(
+            f"corpus: {len(small)} x {SMALL_SIZE}, {len(phone)} x {PHONE_SIZE} ({megabytes:.1f} MB each) "
+            f"in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        bench = Bench(args, work)
+        info = machine()
+        print(info, flush=True)
+        bench.startup()
+        for name in args.models.split(","):
+            checkpoint = random_checkpoint(name, work)
+            bench.text(name, checkpoint)
+            bench.images(name, checkpoint, small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
+            bench.images(name, checkpoint, phone, "12 MP")
+            bench.reclassify(name, checkpoint, small)
+            if args.device == "cpu":
+                bench.int8(name, checkpoint)
+        if args.device == "cpu":
+            bench.memory(small)
+        table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in bench.rows)
+        command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
+        text = (
+            f"## {args.section or args.device} ({time.strftime('%Y-%m-%d')})\n\n`{command}`\n\n"
+            f"Machine: {info}\n\nCorpus: {len(small)} ImageNet-size and {len(phone)} 12-MP JPEGs "
+            f"({megabytes:.1f} MB each); batch size {args.batch_size}; medians of {args.repeats}.\n\n"
+            f"| measurement | value | ratio |\n| --- | --- | --- |\n{table}"
+        )
+        write_results(args.out, args.section or args.device, text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
