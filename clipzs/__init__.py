@@ -5,11 +5,17 @@ Importing clipzs is cheap: torch and open_clip load only when a model-facing nam
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from clipzs.errors import ClassifierError, ClipzsError, ImageError, ModelError, UsageError
 from clipzs.prediction import Prediction
 from clipzs.prompts import Label, load_templates, parse_labels
+
+try:
+    __version__ = version("clipzs")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from clipzs.api import ZeroShotClassifier

@@ -24,7 +24,14 @@ import torch
 from clipzs import scoring
 from clipzs.cache import cache_dir, key_of
 from clipzs.classifier import FORMAT_VERSION, Classifier
-from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
+from clipzs.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_TEMPLATES,
+    DEFAULT_TOP_K,
+    GPU_BATCH_SIZE,
+)
 from clipzs.errors import ClassifierError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
@@ -138,7 +145,7 @@ class ZeroShotClassifier:
         inputs: Iterable[str | os.PathLike[str]],
         *,
         top_k: int = DEFAULT_TOP_K,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> Iterator[Prediction]:
         """Score images (files, or folders walked recursively) against the classifier, in input order."""
@@ -150,7 +157,7 @@ class ZeroShotClassifier:
         paths: Iterable[Path],
         *,
         top_k: int = DEFAULT_TOP_K,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         use_cache: bool = True,
         fast_decode: bool = True,
@@ -162,6 +169,9 @@ class ZeroShotClassifier:
         """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        on_gpu = self.model.device.type == "cuda"
+        batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
+        workers = workers or min(32 if on_gpu else 8, os.cpu_count() or 1)
         if batch_size < 1 or top_k < 1:
             raise UsageError("batch size and top-k must be at least 1")
         draft_size = self.model.image_size if fast_decode else None
@@ -180,7 +190,7 @@ class ZeroShotClassifier:
 
             batch: list[tuple[Path, FileKey | None, Item]] = []
             pending = 0
-            for (path, key, cached), result in ordered_map(prepare, items, workers or _default_workers()):
+            for (path, key, cached), result in ordered_map(prepare, items, workers):
                 batch.append((path, key, result))
                 pending += cached is None and not isinstance(result, ImageError)
                 if pending >= batch_size or len(batch) >= 4 * batch_size:
@@ -244,10 +254,6 @@ def _batched(items: Iterable[Path], n: int) -> Iterator[tuple[Path, ...]]:
     iterator = iter(items)
     while group := tuple(itertools.islice(iterator, n)):
         yield group
-
-
-def _default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 def _existing(path: str | None) -> str | None:

@@ -13,7 +13,14 @@ from typing import IO, TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from clipzs.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, DEFAULT_TOP_K
+from clipzs.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_TEMPLATES,
+    DEFAULT_TOP_K,
+    GPU_BATCH_SIZE,
+)
 from clipzs.errors import EXIT_FAILURE, EXIT_SKIPPED, ClipzsError, UsageError
 
 if TYPE_CHECKING:
@@ -70,9 +77,9 @@ NoCacheOpt = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from clipzs import __version__
 
-        typer.echo(f"clipzs {version('clipzs')}")
+        typer.echo(f"clipzs {__version__}")
         raise typer.Exit()
 
 
@@ -103,9 +110,15 @@ def classify(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = (
-        DEFAULT_BATCH_SIZE
-    ),
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help=f"Images per forward pass. [default: {DEFAULT_BATCH_SIZE} on a CPU, {GPU_BATCH_SIZE} on a GPU]",
+        ),
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = (
         DEFAULT_TOP_K
     ),

@@ -87,6 +87,8 @@ class LoadedModel:
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         """Features [N, D] of a batch of preprocessed images [N, 3, H, W]."""
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # page-locked, so the copy below runs asynchronously
         batch = batch.to(self.device, non_blocking=True)
         with image_autocast(self.device):
             features = self.model.encode_image(batch)

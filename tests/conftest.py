@@ -27,7 +27,8 @@ class ModelFiles:
 
     @property
     def args(self) -> list[str]:
-        return ["--model-config", str(self.config), "--pretrained", str(self.checkpoint)]
+        """CLI options for this model, on the CPU in fp32 (exact) even where a GPU is present."""
+        return ["--model-config", str(self.config), "--pretrained", str(self.checkpoint), "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)

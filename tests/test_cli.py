@@ -81,7 +81,7 @@ def test_classifier_file_carries_its_model(rand_clip: ModelFiles, photos: list[P
     clf = tmp_path / "pets.clf"
     code, _, stderr = run("build-classifier", "--labels", "cat,dog", "-o", str(clf), *rand_clip.args)
     assert code == EXIT_OK and "wrote" in stderr
-    with_file = jsonl(run("classify", str(photos[1]), "--classifier", str(clf))[1])
+    with_file = jsonl(run("classify", str(photos[1]), "--classifier", str(clf), "--device", "cpu")[1])
     with_labels = jsonl(run("classify", str(photos[1]), "--labels", "cat,dog", *rand_clip.args)[1])
     assert with_file == with_labels
 

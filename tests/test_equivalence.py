@@ -100,6 +100,8 @@ def test_real_architecture_vit_b_32(photos: list[Path], tmp_path: Path) -> None:
             "4",
             "-f",
             "jsonl",
+            "--device",
+            "cpu",
         ],
     )
     assert result.exit_code == 0, result.output
