@@ -118,7 +118,7 @@ def quantize_int8(loaded: LoadedModel) -> None:
 
 def last_token_index(tokens: torch.Tensor) -> torch.Tensor:
     """Per row, the index of the last non-padding token (padding is id 0, as open_clip's tokenizers pad)."""
-    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return (positions * (tokens != 0)).amax(dim=1)
 
 

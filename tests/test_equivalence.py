@@ -56,7 +56,19 @@ def test_matrix_and_scores_equal_open_clip(
     assert (weights - expected_weights).abs().max().item() <= 1e-5
 
     result = runner.invoke(
-        app, ["classify", *map(str, photos), "--classifier", str(clf), "--top-k", str(len(CLASSES)), "-f", "jsonl"]
+        app,
+        [
+            "classify",
+            *map(str, photos),
+            "--classifier",
+            str(clf),
+            "--top-k",
+            str(len(CLASSES)),
+            "-f",
+            "jsonl",
+            "--device",
+            "cpu",
+        ],
     )
     assert result.exit_code == 0, result.output
     records = jsonl(result.stdout)

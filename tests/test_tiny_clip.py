@@ -60,7 +60,9 @@ def test_aliases_and_label_order_do_not_matter(tiny_clip: ModelFiles, tmp_path: 
 def test_reduced_scale_jpeg_decoding_keeps_top_1(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     """Large JPEGs decoded at 1/8 scale give the same top-1 as decoding them whole."""
     truth = drawn_folder(tmp_path / "big", per_class=4, seed=11, size=1024, fmt="jpg")
-    zsc = ZeroShotClassifier.from_pretrained(None, str(tiny_clip.checkpoint), model_config=tiny_clip.config)
+    zsc = ZeroShotClassifier.from_pretrained(
+        None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
+    )
     zsc.build(CLASSES, "simple")
     fast = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=True)]
     exact = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=False)]
