@@ -16,9 +16,11 @@ import contextlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import torch
 
 from clipzs import scoring
@@ -179,20 +181,20 @@ class ZeroShotClassifier:
         try:
             items = _with_cached(paths, cache)
 
-            def prepare(item: tuple[Path, FileKey | None, torch.Tensor | None]) -> Item:
+            def prepare(item: tuple[Path, FileKey | None, Cached | None]) -> Item:
                 path, _, cached = item
                 if cached is not None:
                     return cached
                 try:
-                    return self.model.preprocess(load_image(path, draft_size=draft_size))
+                    return self.model.prepare(load_image(path, draft_size=draft_size))
                 except ImageError as e:
                     return e
 
             batch: list[tuple[Path, FileKey | None, Item]] = []
             pending = 0
-            for (path, key, cached), result in ordered_map(prepare, items, workers):
+            for (path, key, _), result in ordered_map(prepare, items, workers):
                 batch.append((path, key, result))
-                pending += cached is None and not isinstance(result, ImageError)
+                pending += not isinstance(result, (Cached, ImageError))
                 if pending >= batch_size or len(batch) >= 4 * batch_size:
                     yield from self._score(batch, top_k, cache)
                     batch, pending = [], 0
@@ -210,13 +212,15 @@ class ZeroShotClassifier:
     ) -> Iterator[Prediction]:
         """Encode the batch's decoded images, store their features, and score every readable item."""
         assert self.classifier is not None
-        images = [(key, x) for _, key, x in items if isinstance(x, torch.Tensor) and x.ndim == 3]
+        images = [(key, x) for _, key, x in items if not isinstance(x, (Cached, ImageError))]
         if images:
-            encoded = self.model.encode_images(torch.stack([x for _, x in images]))
+            encoded = self.model.encode_prepared([x for _, x in images])
             if cache is not None:
                 cache.put_many((key, row.numpy()) for (key, _), row in zip(images, encoded, strict=True) if key)
             fresh = iter(encoded)
-        features = [x if x.ndim == 1 else next(fresh) for _, _, x in items if isinstance(x, torch.Tensor)]
+        features = [
+            x.features if isinstance(x, Cached) else next(fresh) for _, _, x in items if not isinstance(x, ImageError)
+        ]
         if features:
             logits = scoring.logits(
                 torch.stack(features), self.classifier.weights, self.model.logit_scale, self.model.logit_bias
@@ -234,20 +238,27 @@ class ZeroShotClassifier:
             row += 1
 
 
-Item = Union[torch.Tensor, ImageError]
-"""A decoded image [3, H, W], cached features [D], or the reason the file cannot be read."""
+@dataclass(frozen=True)
+class Cached:
+    """Features [D] of an image read from the feature cache: nothing to decode or encode."""
+
+    features: torch.Tensor
+
+
+Item = Union[Cached, np.ndarray, torch.Tensor, ImageError]
+"""Cached features, a decoded image ready to encode (``LoadedModel.prepare``), or why the file cannot be read."""
 
 
 def _with_cached(
     paths: Iterable[Path], cache: FeatureCache | None, chunk: int = 256
-) -> Iterator[tuple[Path, FileKey | None, torch.Tensor | None]]:
+) -> Iterator[tuple[Path, FileKey | None, Cached | None]]:
     """Each path with its file key and its cached features (None when absent), looked up a chunk at a time."""
     for group in _batched(paths, chunk):
         keys = [FileKey.of(p) if cache is not None else None for p in group]
         found = cache.get_many([k for k in keys if k]) if cache is not None else {}
         for path, key in zip(group, keys, strict=True):
             vector = found.get(key) if key else None
-            yield path, key, torch.from_numpy(vector.copy()) if vector is not None else None
+            yield path, key, Cached(torch.from_numpy(vector.copy())) if vector is not None else None
 
 
 def _batched(items: Iterable[Path], n: int) -> Iterator[tuple[Path, ...]]:

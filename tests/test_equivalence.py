@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -138,3 +139,17 @@ def test_text_features_trimmed_to_the_longest_prompt_are_unchanged(
     with torch.no_grad():
         expected = loaded.model.encode_text(loaded.tokenizer(texts), normalize=True)
     assert (loaded.encode_text(texts) - expected).abs().max().item() <= 1e-5
+
+
+def test_split_preprocess_is_bit_exact(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    """Geometry on decode threads, then ToTensor and Normalize batched: the same tensor as the preprocess."""
+    from clipzs.model import load_model, split_preprocess
+
+    loaded = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    assert loaded.pixels is not None
+    images = [Image.open(p).convert("RGB") for p in photos[:4]]
+    expected = torch.stack([loaded.preprocess(image) for image in images])
+    pixels = torch.from_numpy(np.stack([loaded.prepare(image) for image in images]))
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(loaded.pixels.normalize(pixels), expected)
+    assert split_preprocess(lambda image: image) is None  # any other shape keeps the whole preprocess
