@@ -6,6 +6,7 @@ torch and open_clip are imported only inside the commands that need them, so --h
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
-from clipzs.errors import EXIT_FAILURE, EXIT_SKIPPED, ClipzsError, UsageError
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, ClipzsError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,20 +51,20 @@ TemplatesOpt = Annotated[
     typer.Option(
         "--templates",
         "-t",
-        help=f"Built-in template set (see `clipzs templates`) or a file, one template per line "
-        f"with '{{}}' for the label. [default: {DEFAULT_TEMPLATES}]",
+        help="Built-in template set (see `clipzs templates`) or a file, one template per line with '{}' for the label.",
+        show_default=DEFAULT_TEMPLATES,
     ),
 ]
 ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", "-m", help=f"open_clip model name. [default: {DEFAULT_MODEL}]")
+    Optional[str], typer.Option("--model", "-m", help="open_clip model name.", show_default=DEFAULT_MODEL)
 ]
 PretrainedOpt = Annotated[
     Optional[str],
     typer.Option(
         "--pretrained",
         "-p",
-        help=f"open_clip pretrained tag, or a local checkpoint file (state dict or safetensors). "
-        f"[default: {DEFAULT_PRETRAINED}]",
+        help="open_clip pretrained tag, or a local checkpoint file (state dict or safetensors).",
+        show_default=DEFAULT_PRETRAINED,
     ),
 ]
 ModelConfigOpt = Annotated[
@@ -116,7 +117,8 @@ def classify(
             "--batch-size",
             "-b",
             min=1,
-            help=f"Images per forward pass. [default: {DEFAULT_BATCH_SIZE} on a CPU, {GPU_BATCH_SIZE} on a GPU]",
+            help="Images per forward pass.",
+            show_default=f"{DEFAULT_BATCH_SIZE} on a CPU, {GPU_BATCH_SIZE} on a GPU",
         ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = (
@@ -124,7 +126,12 @@ def classify(
     ),
     fmt: Annotated[
         Optional[str],
-        typer.Option("--format", "-f", help="jsonl, csv or table. [default: table on a terminal, else jsonl]"),
+        typer.Option(
+            "--format",
+            "-f",
+            help="jsonl, csv or table.",
+            show_default="by --output's suffix, else table on a terminal, else jsonl",
+        ),
     ] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
@@ -146,7 +153,9 @@ def classify(
         stdin = sys.stdin.buffer if "-" in inputs else None
         paths = list(discover(inputs, stdin))
         if not any(p.exists() for p in paths):
-            raise UsageError(f"no images found in {', '.join(inputs)}")
+            missing = [item for item in inputs if item != "-" and not Path(item).exists()]
+            detail = f" ({', '.join(missing)}: no such file or folder)" if missing else ""
+            raise UsageError(f"no images found in {', '.join(inputs)}{detail}")
         if classifier is not None:
             from clipzs.api import ZeroShotClassifier
 
@@ -160,16 +169,17 @@ def classify(
 
             quantize_int8(zsc.model)
         skipped = 0
-        with _open_output(output) as stream, _progress(console, len(paths), quiet) as advance:
+        with _open_output(output) as stream:
             writer = make_writer(chosen, stream, top_k)
-            predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
-            for prediction in predictions:
-                writer.write(prediction)
-                if prediction.error is not None:
-                    skipped += 1
-                    console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
-                advance()
-            writer.close()
+            with _progress(console, len(paths), quiet) as advance:
+                predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
+                for prediction in predictions:
+                    writer.write(prediction)
+                    if prediction.error is not None:
+                        skipped += 1
+                        console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                    advance()
+            writer.close()  # after the progress bar is gone: a table must not be drawn under it
         if not quiet:
             console.print(
                 f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"
@@ -289,9 +299,10 @@ def _errors() -> Iterator[Console]:
     except KeyboardInterrupt:
         console.print("clipzs: interrupted")
         raise typer.Exit(130) from None
-    except BrokenPipeError:
-        sys.stderr.close()
-        raise typer.Exit(EXIT_FAILURE) from None
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as `yes | head` does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ EXIT_USAGE = 2
 """A usage error: bad option, no images found, unknown model, unusable classifier or weights."""
 EXIT_SKIPPED = 3
 """Some inputs could not be read and were skipped; all the others were scored and written."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away (``| head``): 128 + SIGPIPE, as the shell reports for other tools."""
 
 
 class ClipzsError(Exception):

@@ -224,8 +224,7 @@ def load_model(
     config_path = None
     if model_config is not None:
         config_path = Path(model_config)
-        if not config_path.is_file():
-            raise UsageError(f"model config {config_path} does not exist")
+        _check_model_config(config_path)
         open_clip.add_model_config(config_path)
         name = name or config_path.stem
     if not name:
@@ -248,7 +247,8 @@ def load_model(
                 f"{pretrained} is not a plain tensor checkpoint (it would need to run pickled code, which clipzs "
                 "refuses); save a state dict or safetensors"
             ) from e
-        raise ModelError(f"cannot load {name} with weights {pretrained}: {_first_line(e)}") from e
+        hint = " (is the checkpoint another model's? give its --model or --model-config)" if checkpoint else ""
+        raise ModelError(f"cannot load {name} with weights {pretrained}: {_reason(e)}{hint}") from e
     model.eval()
     try:
         tokenizer = open_clip.get_tokenizer(name)
@@ -298,6 +298,22 @@ def _skip_random_init() -> Iterator[None]:
     finally:
         for name, function in saved.items():
             setattr(torch.nn.init, name, function)
+
+
+def _check_model_config(path: Path) -> None:
+    """A custom config must be a JSON object with what open_clip needs, or open_clip silently skips it."""
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read model config {path}: {e.strerror}") from e
+    except ValueError as e:
+        raise UsageError(f"model config {path} is not valid JSON: {e}") from e
+    needed = ("embed_dim", "vision_cfg", "text_cfg")
+    missing = [key for key in needed if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise UsageError(f"model config {path} is not an open_clip model config: it lacks {', '.join(missing)}")
 
 
 def _check_model_name(name: str) -> None:
@@ -405,6 +421,15 @@ def _reachable(host: str, port: int) -> bool:
         return False
     finally:
         pool.shutdown(wait=False)
+
+
+def _reason(error: BaseException) -> str:
+    """One line saying why a model did not load; for state-dict mismatches, the kinds and a first example."""
+    text = str(error).strip()
+    if "Error(s) in loading state_dict" in text:
+        details = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        return "the weights do not fit its layers: " + "; ".join(d[:160] for d in details[:2])
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

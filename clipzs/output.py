@@ -66,10 +66,10 @@ class CsvWriter:
         record = prediction.to_dict()
         ranks: list[object] = []
         for entry in record.get("top_k", [])[: self.top_k]:
-            ranks += [entry["label"], entry["score"]]
+            ranks += [entry["label"], _fixed(entry["score"])]
         ranks += [""] * (2 * self.top_k - len(ranks))
         self.csv.writerow(
-            [record["path"], record.get("label", ""), record.get("score", ""), record.get("error", ""), *ranks]
+            [record["path"], record.get("label", ""), _fixed(record.get("score")), record.get("error", ""), *ranks]
         )
         self.stream.flush()
 
@@ -104,6 +104,11 @@ class TableWriter:
 
     def close(self) -> None:
         self.console.print(self.table)
+
+
+def _fixed(score: float | None) -> str:
+    """A score in fixed notation (0.000010, not 1e-05), as spreadsheets and people read it."""
+    return "" if score is None else f"{score:.{SCORE_DIGITS}f}"
 
 
 def printable(text: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipzs.cli import app
-from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_OK, EXIT_USAGE
 from clipzs.model import LoadedModel
 from tests.conftest import ModelFiles, jsonl
 
@@ -188,3 +188,65 @@ def test_classifier_cache_reuse_and_invalidation(
         entry.write_bytes(entry.read_bytes()[:50])  # damaged cache entries are rebuilt, not fatal
     again = run("classify", image, "--labels", "cat,dog", *rand_clip.args)
     assert again[0] == EXIT_OK and again[1] == first[1] and encoder.calls == 6
+
+
+def test_help_shows_the_defaults() -> None:
+    result = runner.invoke(app, ["classify", "--help"], env={"COLUMNS": "300"})
+    flat = " ".join(result.stdout.split())
+    assert result.exit_code == EXIT_OK
+    for default in ("openai-7", "ViT-B-32-256", "datacomp_s34b_b86k", "32 on a CPU, 256 on a GPU"):
+        assert default in flat
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`clipzs models | head -1`: the reader goes away; no traceback, the shell's SIGPIPE status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipzs", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == EXIT_BROKEN_PIPE and stderr == ""
+
+
+def test_weights_of_another_model_say_so(tiny_clip: ModelFiles, rand_clip: ModelFiles, photos: list[Path]) -> None:
+    code, _, stderr = run(
+        "classify",
+        str(photos[0]),
+        "-l",
+        "a,b",
+        "--model-config",
+        str(rand_clip.config),
+        "-p",
+        str(tiny_clip.checkpoint),
+    )
+    assert code == EXIT_USAGE and "another model's" in stderr and "--model-config" in stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [("not json", "not valid JSON"), ('{"a": 1}', "lacks embed_dim")])
+def test_bad_model_config(tmp_path: Path, photos: list[Path], content: str, message: str) -> None:
+    config = tmp_path / "mine.json"
+    config.write_text(content)
+    code, _, stderr = run("classify", str(photos[0]), "-l", "a,b", "--model-config", str(config), "-p", "x.pt")
+    assert code == EXIT_USAGE and message in stderr
+
+
+def test_written_files_follow_the_umask(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    """A classifier file is meant to be shared: it gets the usual permissions, not a temporary file's 0600."""
+    clf = tmp_path / "pets.clf"
+    assert run("build-classifier", "-l", "cat,dog", "-o", str(clf), *rand_clip.args)[0] == EXIT_OK
+    umask = os.umask(0)
+    os.umask(umask)
+    assert clf.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_csv_scores_in_fixed_notation(rand_sigmoid: ModelFiles, photos: list[Path]) -> None:
+    code, stdout, _ = run("classify", str(photos[0]), "-l", "cat,dog", "-f", "csv", *rand_sigmoid.args)
+    (row,) = csv.DictReader(io.StringIO(stdout))
+    assert code == EXIT_OK and "e-" not in row["score"] and len(row["score"].split(".")[1]) == 6
+
+
+def test_a_missing_folder_is_named(tmp_path: Path) -> None:
+    code, _, stderr = run("classify", str(tmp_path / "nosuchdir"), "-l", "a,b")
+    assert code == EXIT_USAGE and "no such file or folder" in stderr
