@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -34,6 +34,7 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
+from clipzs.device_decode import DeviceGeometry, JpegBytes, read_jpeg, resolve
 from clipzs.errors import ClassifierError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
@@ -163,11 +164,13 @@ class ZeroShotClassifier:
         workers: int | None = None,
         use_cache: bool = True,
         fast_decode: bool = True,
+        device_decode: bool | None = None,
     ) -> Iterator[Prediction]:
         """Score image files as given (no folder walking), in order; unreadable ones carry their error.
 
         ``use_cache``: read and write the image-feature cache, so an image seen before is not decoded or
         encoded again. ``fast_decode``: decode large JPEGs at reduced scale (see ``images.load_image``).
+        ``device_decode``: decode JPEGs on the model's device (see ``device_decode``); by default on CUDA.
         """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
@@ -177,42 +180,65 @@ class ZeroShotClassifier:
         if batch_size < 1 or top_k < 1:
             raise UsageError("batch size and top-k must be at least 1")
         draft_size = self.model.image_size if fast_decode else None
-        cache = self._feature_cache(draft_size) if use_cache else None
+        geometry = self._device_geometry(device_decode)
+        cache = self._feature_cache(draft_size, geometry) if use_cache else None
+
+        def decode_on_cpu(path: Path) -> Item:
+            try:
+                return self.model.prepare(load_image(path, draft_size=draft_size))
+            except ImageError as e:
+                return e
+
+        def prepare(item: tuple[Path, FileKey | None, Cached | None]) -> Item:
+            path, _, cached = item
+            if cached is not None:
+                return cached
+            jpeg = read_jpeg(path) if geometry is not None else None
+            return jpeg if jpeg is not None else decode_on_cpu(path)
+
         try:
-            items = _with_cached(paths, cache)
-
-            def prepare(item: tuple[Path, FileKey | None, Cached | None]) -> Item:
-                path, _, cached = item
-                if cached is not None:
-                    return cached
-                try:
-                    return self.model.prepare(load_image(path, draft_size=draft_size))
-                except ImageError as e:
-                    return e
-
             batch: list[tuple[Path, FileKey | None, Item]] = []
             pending = 0
-            for (path, key, _), result in ordered_map(prepare, items, workers):
+            for (path, key, _), result in ordered_map(prepare, _with_cached(paths, cache), workers):
                 batch.append((path, key, result))
                 pending += not isinstance(result, (Cached, ImageError))
                 if pending >= batch_size or len(batch) >= 4 * batch_size:
-                    yield from self._score(batch, top_k, cache)
+                    yield from self._score(batch, top_k, cache, geometry, decode_on_cpu)
                     batch, pending = [], 0
-            yield from self._score(batch, top_k, cache)
+            yield from self._score(batch, top_k, cache, geometry, decode_on_cpu)
         finally:
             if cache is not None:
                 cache.close()
 
-    def _feature_cache(self, draft_size: int | None) -> FeatureCache:
-        encoder = f"{self.model.fingerprint}|{self.model.precision}|draft={draft_size or 0}"
+    def _device_geometry(self, device_decode: bool | None) -> DeviceGeometry | None:
+        """The device-decoding geometry when asked for (by default: on CUDA) and the preprocess allows it."""
+        wanted = self.model.device.type == "cuda" if device_decode is None else device_decode
+        geometry = DeviceGeometry.of(self.model.pixels.geometry) if wanted and self.model.pixels else None
+        if device_decode and geometry is None:
+            raise UsageError(
+                f"decoding on the device needs the usual resize-and-crop preprocess; {self.model.name} differs"
+            )
+        return geometry
+
+    def _feature_cache(self, draft_size: int | None, geometry: DeviceGeometry | None) -> FeatureCache:
+        decoder = "device" if geometry else f"draft={draft_size or 0}"
+        encoder = f"{self.model.fingerprint}|{self.model.precision}|{decoder}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
     def _score(
-        self, items: list[tuple[Path, FileKey | None, Item]], k: int, cache: FeatureCache | None
+        self,
+        items: list[tuple[Path, FileKey | None, Item]],
+        k: int,
+        cache: FeatureCache | None,
+        geometry: DeviceGeometry | None,
+        decode_on_cpu: Callable[[Path], Item],
     ) -> Iterator[Prediction]:
         """Encode the batch's decoded images, store their features, and score every readable item."""
         assert self.classifier is not None
-        images = [(key, x) for _, key, x in items if not isinstance(x, (Cached, ImageError))]
+        if geometry is not None:
+            values = resolve([x for _, _, x in items], self.model.device, geometry, decode_on_cpu)
+            items = [(path, key, value) for (path, key, _), value in zip(items, values, strict=True)]
+        images = [(key, x) for _, key, x in items if not isinstance(x, (Cached, ImageError, JpegBytes))]
         if images:
             encoded = self.model.encode_prepared([x for _, x in images])
             if cache is not None:
@@ -245,7 +271,7 @@ class Cached:
     features: torch.Tensor
 
 
-Item = Union[Cached, np.ndarray, torch.Tensor, ImageError]
+Item = Union[Cached, JpegBytes, np.ndarray, torch.Tensor, ImageError]
 """Cached features, a decoded image ready to encode (``LoadedModel.prepare``), or why the file cannot be read."""
 
 

@@ -95,12 +95,18 @@ class LoadedModel:
         return np.asarray(self.pixels.geometry(image))
 
     def encode_prepared(self, items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """Features [N, D] of images from ``prepare``."""
-        if self.pixels is None or not isinstance(items[0], np.ndarray):
+        """Features [N, D] of images from ``prepare`` (or uint8 pixels [H, W, 3] decoded on the device)."""
+        if self.pixels is None:
             return self.encode_images(torch.stack(list(items)))  # type: ignore[arg-type]
-        pixels = torch.from_numpy(np.stack(items))
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()  # page-locked, so the copy runs asynchronously
+        if all(isinstance(x, np.ndarray) for x in items):
+            pixels = torch.from_numpy(np.stack(items))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory()  # page-locked, so the copy runs asynchronously
+        else:
+            on_device = [
+                torch.from_numpy(np.array(x)).to(self.device) if isinstance(x, np.ndarray) else x for x in items
+            ]
+            pixels = torch.stack(on_device)
         pixels = pixels.to(self.device, non_blocking=True)
         return self.encode_images(self.pixels.normalize(pixels))
 

@@ -26,7 +26,7 @@ def run_on(device: str, files: ModelFiles, folder: Path, labels: str) -> list[di
 @pytest.mark.parametrize("model_fixture", ["tiny_clip", "rand_clip"])
 def test_cuda_agrees_with_cpu(model_fixture: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     files: ModelFiles = request.getfixturevalue(model_fixture)
-    drawn_folder(tmp_path / "shapes", per_class=3, seed=3)
+    drawn_folder(tmp_path / "shapes", per_class=3, seed=3, size=96, fmt="jpg")  # JPEGs: decoded by nvJPEG
     labels = ",".join(CLASSES)
     cpu, gpu = (run_on(device, files, tmp_path / "shapes", labels) for device in ("cpu", "cuda"))
     for a, b in zip(cpu, gpu, strict=True):
