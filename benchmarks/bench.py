@@ -89,6 +89,18 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(runs: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each run, the runs taking turns, so that a slow spell of the machine (other load,
+    clock changes) falls on all of them alike rather than on one."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, spent in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
@@ -121,8 +133,7 @@ class Bench:
                 ).cpu()
             ]
 
-        t_ref = median_seconds(ref, self.args.repeats)
-        t_ours = median_seconds(lambda: zsc.build(classes, templates, use_cache=False), self.args.repeats)
+        t_ref, t_ours = interleaved([ref, lambda: zsc.build(classes, templates, use_cache=False)], self.args.repeats)
         assert zsc.classifier is not None
         diff = (zsc.classifier.weights - reference[0]).abs().max().item()
         n = len(classes) * len(templates)
@@ -174,11 +185,9 @@ class Bench:
 
         model_only()  # warm-up: kernels, allocator, file cache
         n = len(paths)
-        t_model = median_seconds(model_only, self.args.repeats)
-        t_ref = median_seconds(reference, self.args.repeats)
         if device.type == "cuda":
             ours()  # warm-up: nvJPEG's first call initialises it
-        t_ours = median_seconds(ours, self.args.repeats)
+        t_model, t_ref, t_ours = interleaved([model_only, reference, ours], self.args.repeats)
         self.row(f"{model_name} {label}: model-only forward", f"{n / t_model:.1f} img/s")
         self.row(
             f"{model_name} {label}: open_clip reference pipeline",
@@ -390,7 +399,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="ViT-B-32", help="comma-separated open_clip model names")
     parser.add_argument("--small", type=int, default=300, help="ImageNet-size JPEGs")
-    parser.add_argument("--phone", type=int, default=48, help="12-MP JPEGs")
+    parser.add_argument("--phone", type=int, default=120, help="12-MP JPEGs")
     parser.add_argument("--classes", type=int, default=10, help="ImageNet classes x 80 templates for the text side")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None)

@@ -199,7 +199,8 @@ class ZeroShotClassifier:
         try:
             batch: list[tuple[Path, FileKey | None, Item]] = []
             pending = 0
-            for (path, key, _), result in ordered_map(prepare, _with_cached(paths, cache), workers):
+            in_flight = max(2 * batch_size, 8 * workers)
+            for (path, key, _), result in ordered_map(prepare, _with_cached(paths, cache), workers, in_flight):
                 batch.append((path, key, result))
                 pending += not isinstance(result, (Cached, ImageError))
                 if pending >= batch_size or len(batch) >= 4 * batch_size:

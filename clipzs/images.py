@@ -184,13 +184,14 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
     return Image.composite(grey, Image.new("RGB", grey.size, NEUTRAL_BACKGROUND), opaque)
 
 
-def ordered_map(work: Callable[[S], T], items: Iterable[S], workers: int) -> Iterator[tuple[S, T]]:
+def ordered_map(work: Callable[[S], T], items: Iterable[S], workers: int, window: int = 0) -> Iterator[tuple[S, T]]:
     """Run ``work`` on worker threads, yielding (item, result) in input order.
 
-    Only a few batches' worth of items are in flight at once, so memory stays flat however many come.
+    At most ``window`` items (default: 8 per worker) are in flight, so memory stays flat however many come;
+    a window of two batches lets the threads decode the next batch while the model encodes this one.
     Decoding releases the GIL (Pillow's codecs and resampling), so threads decode in parallel.
     """
-    window = max(1, workers) * 8
+    window = window or max(1, workers) * 8
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: collections.deque[tuple[S, concurrent.futures.Future[T]]] = collections.deque()
         for item in items:

@@ -34,6 +34,6 @@ def test_cuda_agrees_with_cpu(model_fixture: str, tmp_path: Path, request: pytes
         scores_a = {e["label"]: e["score"] for e in a["top_k"]}  # type: ignore[union-attr]
         scores_b = {e["label"]: e["score"] for e in b["top_k"]}  # type: ignore[union-attr]
         shared = scores_a.keys() & scores_b.keys()
-        assert max(abs(scores_a[k] - scores_b[k]) for k in shared) <= 2e-2
+        assert max(abs(scores_a[k] - scores_b[k]) for k in shared) <= 5e-2  # fp16, and resizing on the GPU
     if model_fixture == "tiny_clip":
         assert sum(a["label"] == b["label"] for a, b in zip(cpu, gpu, strict=True)) / len(cpu) >= 0.97
