@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import numpy as np
 import torch
@@ -168,17 +168,44 @@ class ZeroShotClassifier:
     ) -> Iterator[Prediction]:
         """Score image files as given (no folder walking), in order; unreadable ones carry their error.
 
+        The options are those of ``encode_paths``.
+        """
+        if self.classifier is None:
+            raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        if top_k < 1:
+            raise UsageError("top-k must be at least 1")
+        encoded = self.encode_paths(
+            paths,
+            batch_size=batch_size,
+            workers=workers,
+            use_cache=use_cache,
+            fast_decode=fast_decode,
+            device_decode=device_decode,
+        )
+        for group in _batched(encoded, DEFAULT_BATCH_SIZE):
+            yield from self._predict(group, top_k)
+
+    def encode_paths(
+        self,
+        paths: Iterable[Path],
+        *,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        use_cache: bool = True,
+        fast_decode: bool = True,
+        device_decode: bool | None = None,
+    ) -> Iterator[tuple[Path, torch.Tensor | ImageError]]:
+        """L2-normalised image features [D] of each file, in order, or the reason it cannot be read.
+
         ``use_cache``: read and write the image-feature cache, so an image seen before is not decoded or
         encoded again. ``fast_decode``: decode large JPEGs at reduced scale (see ``images.load_image``).
         ``device_decode``: decode JPEGs on the model's device (see ``device_decode``); by default on CUDA.
         """
-        if self.classifier is None:
-            raise UsageError("no classifier: call build(labels) or load a classifier file first")
         on_gpu = self.model.device.type == "cuda"
         batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
         workers = workers or min(32 if on_gpu else 8, os.cpu_count() or 1)
-        if batch_size < 1 or top_k < 1:
-            raise UsageError("batch size and top-k must be at least 1")
+        if batch_size < 1:
+            raise UsageError("the batch size must be at least 1")
         draft_size = self.model.image_size if fast_decode else None
         geometry = self._device_geometry(device_decode)
         cache = self._feature_cache(draft_size, geometry) if use_cache else None
@@ -204,9 +231,9 @@ class ZeroShotClassifier:
                 batch.append((path, key, result))
                 pending += not isinstance(result, (Cached, ImageError))
                 if pending >= batch_size or len(batch) >= 4 * batch_size:
-                    yield from self._score(batch, top_k, cache, geometry, decode_on_cpu)
+                    yield from self._encode_batch(batch, cache, geometry, decode_on_cpu)
                     batch, pending = [], 0
-            yield from self._score(batch, top_k, cache, geometry, decode_on_cpu)
+            yield from self._encode_batch(batch, cache, geometry, decode_on_cpu)
         finally:
             if cache is not None:
                 cache.close()
@@ -226,28 +253,33 @@ class ZeroShotClassifier:
         encoder = f"{self.model.fingerprint}|{self.model.precision}|{decoder}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
-    def _score(
+    def _encode_batch(
         self,
         items: list[tuple[Path, FileKey | None, Item]],
-        k: int,
         cache: FeatureCache | None,
         geometry: DeviceGeometry | None,
         decode_on_cpu: Callable[[Path], Item],
-    ) -> Iterator[Prediction]:
-        """Encode the batch's decoded images, store their features, and score every readable item."""
-        assert self.classifier is not None
+    ) -> list[tuple[Path, torch.Tensor | ImageError]]:
+        """Encode the batch's decoded images and store their features; cached features pass through."""
         if geometry is not None:
             values = resolve([x for _, _, x in items], self.model.device, geometry, decode_on_cpu)
             items = [(path, key, value) for (path, key, _), value in zip(items, values, strict=True)]
         images = [(key, x) for _, key, x in items if not isinstance(x, (Cached, ImageError, JpegBytes))]
+        fresh: Iterator[torch.Tensor] = iter(())
         if images:
             encoded = self.model.encode_prepared([x for _, x in images])
             if cache is not None:
                 cache.put_many((key, row.numpy()) for (key, _), row in zip(images, encoded, strict=True) if key)
             fresh = iter(encoded)
-        features = [
-            x.features if isinstance(x, Cached) else next(fresh) for _, _, x in items if not isinstance(x, ImageError)
+        return [
+            (path, x if isinstance(x, ImageError) else x.features if isinstance(x, Cached) else next(fresh))
+            for path, _, x in items
         ]
+
+    def _predict(self, items: Sequence[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
+        """Score features against the classifier: top-k labels per readable image, the error otherwise."""
+        assert self.classifier is not None
+        features = [x for _, x in items if isinstance(x, torch.Tensor)]
         if features:
             logits = scoring.logits(
                 torch.stack(features), self.classifier.weights, self.model.logit_scale, self.model.logit_bias
@@ -256,7 +288,7 @@ class ZeroShotClassifier:
             values, indices = (t.tolist() for t in scoring.top_k(probs, k))
         names = self.classifier.names
         row = 0
-        for path, _, x in items:
+        for path, x in items:
             if isinstance(x, ImageError):
                 yield Prediction(path=str(path), error=str(x))
                 continue
@@ -272,6 +304,7 @@ class Cached:
     features: torch.Tensor
 
 
+B = TypeVar("B")
 Item = Union[Cached, JpegBytes, np.ndarray, torch.Tensor, ImageError]
 """Cached features, a decoded image ready to encode (``LoadedModel.prepare``), or why the file cannot be read."""
 
@@ -288,7 +321,7 @@ def _with_cached(
             yield path, key, Cached(torch.from_numpy(vector.copy())) if vector is not None else None
 
 
-def _batched(items: Iterable[Path], n: int) -> Iterator[tuple[Path, ...]]:
+def _batched(items: Iterable[B], n: int) -> Iterator[tuple[B, ...]]:
     iterator = iter(items)
     while group := tuple(itertools.islice(iterator, n)):
         yield group
