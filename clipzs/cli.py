@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from clipzs.api import ZeroShotClassifier
+    from clipzs.evaluate import Run
     from clipzs.prompts import Label
 
 app = typer.Typer(
@@ -211,6 +212,73 @@ def build_classifier(
             f"clipzs: wrote {output}: {len(zsc.classifier.labels)} labels, {len(meta['templates'])} templates, "
             f"model {meta['model']} ({meta['pretrained']})"
         )
+
+
+@app.command("eval")
+def evaluate(
+    root: Annotated[
+        Path, typer.Argument(help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.")
+    ],
+    labels_file: Annotated[
+        Optional[Path],
+        typer.Option("--labels-file", help="Prompts per class, one 'class=alias|alias' per line (else the name)."),
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", "-t", help="Template sets or files to compare, comma-separated.")
+    ] = DEFAULT_TEMPLATES,
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", "-m", help="A model; repeat (with --pretrained) to compare.")
+    ] = None,
+    pretrained: Annotated[
+        Optional[list[str]], typer.Option("--pretrained", "-p", help="Weights of each --model, in the same order.")
+    ] = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write the best run's confusion matrix to this PNG file.")
+    ] = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
+    from clipzs.api import ZeroShotClassifier
+    from clipzs.evaluate import class_labels, evaluate_model, load_dataset, plot_confusion
+    from clipzs.output import printable, render_eval
+    from clipzs.prompts import labels_from_file, load_templates
+
+    with _errors() as console:
+        if fmt not in ("table", "json"):
+            raise UsageError(f"unknown format {fmt!r}: use table or json")
+        dataset = load_dataset(root)
+        labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
+        template_sets = [t.strip() for t in templates.split(",") if t.strip()]
+        for name in template_sets:
+            load_templates(name)  # a typo fails now, not after the images are encoded
+        runs: list[Run] = []
+        skipped: list[tuple[Path, str]] = []
+        for model_name, weights in _model_pairs(model, pretrained, model_config):
+            zsc = ZeroShotClassifier.from_pretrained(model_name, weights, model_config=model_config, device=device)
+            found, skipped = evaluate_model(zsc, dataset, labels, template_sets, use_cache=not no_cache)
+            runs += found
+        for path, reason in skipped:
+            console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
+        render_eval(runs, dataset.classes, sys.stdout, fmt)
+        if plot is not None:
+            plot_confusion(max(runs, key=lambda run: run.metrics.top1), dataset.classes, plot)
+        if skipped:
+            raise typer.Exit(EXIT_SKIPPED)
+
+
+def _model_pairs(
+    models: list[str] | None, weights: list[str] | None, model_config: Path | None
+) -> list[tuple[str | None, str]]:
+    """Pair each --model with its --pretrained (one of either is used for all)."""
+    names: list[str | None] = list(models) if models else [None if model_config else DEFAULT_MODEL]
+    tags = list(weights) if weights else [DEFAULT_PRETRAINED]
+    if len(names) != len(tags) and 1 not in (len(names), len(tags)):
+        raise UsageError(f"{len(names)} --model but {len(tags)} --pretrained: give one of each per model")
+    count = max(len(names), len(tags))
+    return list(zip(names * (count // len(names)), tags * (count // len(tags)), strict=True))
 
 
 @app.command()

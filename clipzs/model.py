@@ -238,14 +238,14 @@ def load_model(
     torch_device = resolve_device(device)
     if not name.startswith("hf-hub:"):
         _check_model_name(name)
-    checkpoint, fingerprint, preprocess_cfg = _resolve_weights(name, pretrained)
+    checkpoint, fingerprint, tag_options = _resolve_weights(name, pretrained)
     try:
         with _skip_random_init():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name,
                 pretrained=checkpoint,
                 device=torch_device,
-                **{f"image_{key}": value for key, value in preprocess_cfg.items()},
+                **tag_options,
             )
     except Exception as e:
         if type(e).__name__ == "UnpicklingError":
@@ -333,7 +333,9 @@ def _check_model_name(name: str) -> None:
 
 
 def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, Any]]:
-    """The checkpoint file to load, the weights fingerprint, and the preprocess settings of a tag."""
+    """The checkpoint file to load, the weights fingerprint, and what a tag says about how to build the model:
+    its preprocessing, and QuickGELU for weights trained with it (OpenAI's, under plain names like ViT-B-32,
+    where open_clip only warns and then computes with the wrong activation)."""
     import open_clip
 
     path = Path(pretrained).expanduser()
@@ -349,7 +351,9 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
         tags = open_clip.list_pretrained_tags_by_model(name)
         known = f"known tags: {', '.join(tags)}" if tags else "it has no pretrained tags: give a checkpoint file"
         raise UsageError(f"{pretrained!r} is neither a pretrained tag of {name} nor a file; {known}")
-    preprocess_cfg = {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+    options: dict[str, Any] = {f"image_{k}": cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+    if cfg.get("quick_gelu"):
+        options["force_quick_gelu"] = True
     checkpoint = _cached_checkpoint(cfg)
     if checkpoint is None:
         _require_network(f"{name} ({pretrained})", cfg.get("url") or _hub_endpoint())
@@ -359,7 +363,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
             checkpoint = download_pretrained(cfg)
         except Exception as e:
             raise ModelError(f"could not download the weights of {name} ({pretrained}): {_first_line(e)}") from e
-    return checkpoint, f"{name}:{pretrained}", preprocess_cfg
+    return checkpoint, f"{name}:{pretrained}", options
 
 
 def _cached_checkpoint(cfg: dict[str, Any]) -> str | None:

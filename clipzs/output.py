@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import IO, Protocol
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Protocol
 
 from clipzs.errors import UsageError
 from clipzs.prediction import SCORE_DIGITS, Prediction
+
+if TYPE_CHECKING:
+    from clipzs.evaluate import Run
 
 FORMATS = ("jsonl", "csv", "table")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -104,6 +108,42 @@ class TableWriter:
 
     def close(self) -> None:
         self.console.print(self.table)
+
+
+def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fmt: str) -> None:
+    """Evaluation results: JSON with every figure, or tables (the runs; recall per class and, for up to 15
+    classes, the confusion matrix of the best run)."""
+    if fmt == "json":
+        json.dump({"classes": list(classes), "runs": [run.to_dict(classes) for run in runs]}, stream, indent=2)
+        stream.write("\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, highlight=False)
+    summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
+    for run in runs:
+        m = run.metrics
+        summary.add_row(
+            run.model,
+            run.pretrained,
+            run.templates,
+            str(run.images),
+            f"{m.top1:.1%}",
+            f"{m.top5:.1%}",
+            f"{m.mean_per_class_recall:.1%}",
+        )
+    console.print(summary)
+    best = max(runs, key=lambda run: run.metrics.top1)
+    per_class = Table("class", "recall", "images", box=None, title=f"best: {best.model}, {best.templates}")
+    for name, recall, support in zip(classes, best.metrics.per_class_recall, best.metrics.support, strict=True):
+        per_class.add_row(name, f"{recall:.1%}", str(support))
+    console.print(per_class)
+    if len(classes) <= 15:
+        confusion = Table("true \\ predicted", *classes, box=None, title="confusion matrix (rows: true class)")
+        for name, row in zip(classes, best.metrics.confusion, strict=True):
+            confusion.add_row(name, *(str(count) for count in row))
+        console.print(confusion)
 
 
 def _fixed(score: float | None) -> str:

@@ -250,3 +250,22 @@ def test_csv_scores_in_fixed_notation(rand_sigmoid: ModelFiles, photos: list[Pat
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
     code, _, stderr = run("classify", str(tmp_path / "nosuchdir"), "-l", "a,b")
     assert code == EXIT_USAGE and "no such file or folder" in stderr
+
+
+def test_cached_hub_weights_load_without_network_and_with_the_tags_activation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: list[Path]
+) -> None:
+    """A tag whose weights are in the hub cache loads with no network at all (HF_HUB_OFFLINE is set), and
+    OpenAI's weights get the QuickGELU activation they were trained with, also under the plain name."""
+    import open_clip
+    import torch
+
+    from clipzs.model import load_model
+
+    torch.manual_seed(2)
+    checkpoint = tmp_path / "cached.pt"
+    torch.save(open_clip.create_model("ViT-B-32-quickgelu").state_dict(), checkpoint)
+    monkeypatch.setattr("clipzs.model._cached_checkpoint", lambda cfg: str(checkpoint))
+    loaded = load_model("ViT-B-32", "openai", device="cpu")
+    assert loaded.fingerprint == "ViT-B-32:openai"
+    assert type(loaded.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"

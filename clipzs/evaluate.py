@@ -1,0 +1,220 @@
+"""Evaluation on the user's labelled images: reading the dataset, and the metrics as pure functions.
+
+A dataset is a folder with one sub-folder per class (the folder name is the label), or a CSV / JSON Lines file
+of ``path,label`` rows (paths relative to the file's folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipzs.errors import ImageError, UsageError
+from clipzs.images import walk
+from clipzs.prompts import Label
+
+if TYPE_CHECKING:
+    from clipzs.api import ZeroShotClassifier
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled image paths; ``classes`` in a stable order, ``targets[i]`` indexes ``classes``."""
+
+    paths: list[Path]
+    targets: list[int]
+    classes: list[str]
+
+
+def load_dataset(root: Path) -> Dataset:
+    """Read a class-per-folder tree, or a CSV / JSON Lines file of path,label; raise UsageError if unusable."""
+    if root.is_dir():
+        pairs = _from_folders(root)
+    elif root.suffix.lower() == ".csv":
+        pairs = _from_csv(root)
+    elif root.suffix.lower() in (".jsonl", ".ndjson"):
+        pairs = _from_jsonl(root)
+    elif root.exists():
+        raise UsageError(f"{root}: give a folder with one sub-folder per class, or a .csv / .jsonl of path,label")
+    else:
+        raise UsageError(f"{root} does not exist")
+    classes = sorted({label for _, label in pairs})
+    if len(classes) < 2:
+        raise UsageError(
+            f"{root} holds {len(classes)} class{'es' if not classes else ''}: evaluation needs two or more"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    return Dataset([path for path, _ in pairs], [index[label] for _, label in pairs], classes)
+
+
+def _from_folders(root: Path) -> list[tuple[Path, str]]:
+    pairs: list[tuple[Path, str]] = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    empty = []
+    for folder in folders:
+        images = walk(folder)
+        if not images:
+            empty.append(folder.name)
+        pairs += [(image, folder.name) for image in images]
+    if empty:
+        raise UsageError(f"class folder{'s' if len(empty) > 1 else ''} without images in {root}: {', '.join(empty)}")
+    return pairs
+
+
+def _from_csv(path: Path) -> list[tuple[Path, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "label"} <= set(rows[0]):
+        raise UsageError(f"{path} needs a header with the columns path and label")
+    return [(path.parent / row["path"], row["label"]) for row in rows if row.get("path")]
+
+
+def _from_jsonl(path: Path) -> list[tuple[Path, str]]:
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append((path.parent / record["path"], str(record["label"])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f'{path}, line {number}: expected {{"path": ..., "label": ...}}') from e
+    return pairs
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Accuracy figures of scores [N, C] against true class indices [N]."""
+
+    top1: float
+    top5: float
+    mean_per_class_recall: float
+    per_class_recall: list[float]
+    support: list[int]
+    confusion: list[list[int]] = field(repr=False)
+    """confusion[true][predicted] counts."""
+
+
+def metrics(scores: np.ndarray, targets: Sequence[int]) -> Metrics:
+    """Top-1 and top-5 accuracy, recall per class and its mean, and the confusion matrix."""
+    truth = np.asarray(targets)
+    classes = scores.shape[1]
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    predicted = ranked[:, 0]
+    top5 = (ranked[:, : min(5, classes)] == truth[:, None]).any(axis=1)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    support = confusion.sum(axis=1)
+    present = support > 0
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(classes), where=present)
+    return Metrics(
+        top1=float((predicted == truth).mean()),
+        top5=float(top5.mean()),
+        mean_per_class_recall=float(recall[present].mean()),
+        per_class_recall=recall.tolist(),
+        support=support.tolist(),
+        confusion=confusion.tolist(),
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model with one template set, measured on a dataset."""
+
+    model: str
+    pretrained: str
+    templates: str
+    images: int
+    metrics: Metrics
+
+    def to_dict(self, classes: Sequence[str]) -> dict[str, object]:
+        m = self.metrics
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "templates": self.templates,
+            "images": self.images,
+            "top1": m.top1,
+            "top5": m.top5,
+            "mean_per_class_recall": m.mean_per_class_recall,
+            "per_class": [
+                {"class": name, "recall": recall, "support": support}
+                for name, recall, support in zip(classes, m.per_class_recall, m.support, strict=True)
+            ],
+            "confusion": m.confusion,
+        }
+
+
+def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[Label]:
+    """Each class with its prompts: the mapping's aliases where it names the class (``folder=alias|alias``),
+    else the class name with underscores read as spaces ("golden_retriever" is prompted as "golden retriever")."""
+    by_name = {label.name: label for label in mapping}
+    return [by_name.get(name, Label(name, (name.replace("_", " "),))) for name in classes]
+
+
+def evaluate_model(
+    zsc: ZeroShotClassifier,
+    dataset: Dataset,
+    labels: Sequence[Label],
+    template_sets: Sequence[str],
+    *,
+    use_cache: bool = True,
+) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Encode the dataset's images once, then measure each template set's classifier on those features.
+
+    Returns the runs and the images that could not be read (left out of the figures), with the reasons.
+    """
+    import torch
+
+    from clipzs import scoring
+
+    features, targets, skipped = [], [], []
+    encoded = zsc.encode_paths(dataset.paths, use_cache=use_cache)
+    for (path, x), target in zip(encoded, dataset.targets, strict=True):
+        if isinstance(x, ImageError):
+            skipped.append((path, str(x)))
+        else:
+            features.append(x)
+            targets.append(target)
+    if not features:
+        raise UsageError("no image of the dataset could be read")
+    stacked = torch.stack(features)
+    runs = []
+    for templates in template_sets:
+        classifier = zsc.build(labels, templates, use_cache=use_cache)
+        bias = zsc.model.logit_bias
+        logits = scoring.logits(stacked, classifier.weights, zsc.model.logit_scale, bias)
+        probs = scoring.probabilities(logits, sigmoid=bias is not None).numpy()
+        runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(probs, targets)))
+    return runs, skipped
+
+
+def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
+    """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise UsageError("--plot needs matplotlib: pip install 'clipzs[plot]'") from e
+    counts = np.asarray(run.metrics.confusion, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.45 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(side + 1, side))
+    shown = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(classes)), classes, rotation=90)
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{run.model} ({run.pretrained}), {run.templates}: top-1 {run.metrics.top1:.1%}")
+    figure.colorbar(shown, ax=axes, label="fraction of the true class")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,123 @@
+"""`clipzs eval`: reading labelled folders and files, the metrics by hand, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, UsageError
+from clipzs.evaluate import load_dataset, metrics
+from tests.conftest import ModelFiles
+from tests.test_tiny_clip import MIN_ACCURACY
+from tests.tinyclip.shapes import CLASSES, draw
+
+
+def test_metrics_by_hand() -> None:
+    scores = np.array(
+        [
+            [0.7, 0.2, 0.1],  # true 0, predicted 0
+            [0.5, 0.4, 0.1],  # true 1, predicted 0 (1 is second)
+            [0.1, 0.3, 0.6],  # true 2, predicted 2
+            [0.2, 0.5, 0.3],  # true 1, predicted 1
+        ]
+    )
+    m = metrics(scores, [0, 1, 2, 1])
+    assert m.top1 == 0.75 and m.top5 == 1.0
+    assert m.per_class_recall == [1.0, 0.5, 1.0] and m.support == [1, 2, 1]
+    assert m.mean_per_class_recall == pytest.approx(2.5 / 3)
+    assert m.confusion == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+
+
+def shapes_tree(root: Path, classes: list[str], per_class: int, seed: int) -> None:
+    """A class-per-folder tree of drawn shapes, folder names with underscores ('red_circle')."""
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        folder = root / label.replace(" ", "_")
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            draw(label, rng).save(folder / f"{i}.png")
+
+
+def test_dataset_from_folders_csv_and_jsonl(tmp_path: Path) -> None:
+    shapes_tree(tmp_path / "tree", CLASSES[:3], per_class=2, seed=1)
+    data = load_dataset(tmp_path / "tree")
+    assert data.classes == sorted(c.replace(" ", "_") for c in CLASSES[:3])
+    assert len(data.paths) == 6 and sorted(data.targets) == [0, 0, 1, 1, 2, 2]
+    rows = [(p.relative_to(tmp_path), data.classes[t]) for p, t in zip(data.paths, data.targets, strict=True)]
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps({"path": str(p), "label": lab}) + "\n" for p, lab in rows))
+    for listing in ("list.csv", "list.jsonl"):
+        other = load_dataset(tmp_path / listing)
+        assert other.classes == data.classes and sorted(other.paths) == sorted(data.paths)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [({"a": 2, "b": 0}, "without images"), ({"a": 3}, "needs two or more"), ({}, "needs two or more")],
+)
+def test_bad_folders_say_why(tmp_path: Path, layout: dict[str, int], message: str) -> None:
+    for name, count in layout.items():
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            (tmp_path / name / f"{i}.png").write_bytes(b"")
+    with pytest.raises(UsageError, match=message):
+        load_dataset(tmp_path)
+
+
+def run_eval(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["eval", *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_eval_equals_a_hand_computation(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """The figures of `clipzs eval` equal those counted by hand from `clipzs classify` on the same files."""
+    classes = CLASSES[:6]
+    shapes_tree(tmp_path / "data", classes, per_class=6, seed=4)
+    code, stdout, _ = run_eval(str(tmp_path / "data"), "-t", "simple,openai-7", "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK
+    report = json.loads(stdout)
+    folders = sorted(c.replace(" ", "_") for c in classes)
+    assert report["classes"] == folders and [r["templates"] for r in report["runs"]] == ["simple", "openai-7"]
+
+    labels = ",".join(f"{f}={f.replace('_', ' ')}" for f in folders)
+    result = CliRunner().invoke(
+        app,
+        ["classify", str(tmp_path / "data"), "-l", labels, "-t", "simple", "-k", "5", "-f", "jsonl", *tiny_clip.args],
+    )
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    truth = [Path(r["path"]).parent.name for r in records]
+    top1 = sum(r["label"] == t for r, t in zip(records, truth, strict=True)) / len(records)
+    top5 = sum(t in [e["label"] for e in r["top_k"]] for r, t in zip(records, truth, strict=True)) / len(records)
+    recall = {f: sum(r["label"] == f for r, t in zip(records, truth, strict=True) if t == f) / 6 for f in folders}
+    simple = report["runs"][0]
+    assert simple["images"] == 36 and simple["top1"] == pytest.approx(top1) and simple["top5"] == pytest.approx(top5)
+    assert [c["recall"] for c in simple["per_class"]] == pytest.approx([recall[f] for f in folders])
+    assert simple["mean_per_class_recall"] == pytest.approx(sum(recall.values()) / len(folders))
+    assert sum(map(sum, simple["confusion"])) == 36 and simple["top1"] >= MIN_ACCURACY
+
+
+def test_eval_table_plot_and_unreadable_images(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    shapes_tree(tmp_path / "data", CLASSES[:3], per_class=4, seed=5)
+    (tmp_path / "data" / "red_circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    plot = tmp_path / "confusion.png"
+    code, stdout, stderr = run_eval(str(tmp_path / "data"), "--plot", str(plot), *tiny_clip.args)
+    assert code == EXIT_SKIPPED and "skipped" in stderr and "broken.png" in stderr
+    assert "top-1" in stdout and "red_circle" in stdout and "confusion matrix" in stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
+    assert run_eval(str(tmp_path / "nowhere"), *tiny_clip.args)[0] == EXIT_USAGE
+    code, _, stderr = run_eval(str(tmp_path / "data"), "-t", "simple,nope", *tiny_clip.args)
+    assert code == EXIT_USAGE and "unknown template set" in stderr
+    code, _, stderr = run_eval(
+        str(tmp_path / "data"), "-m", "ViT-B-32", "-m", "ViT-B-16", "-p", "a", "-p", "b", "-p", "c"
+    )
+    assert code == EXIT_USAGE and "2 --model but 3 --pretrained" in stderr
