@@ -100,7 +100,7 @@ class ZeroShotClassifier:
         """
         label_objs = parse_labels([x.spec if isinstance(x, Label) else x for x in labels])
         template_list = load_templates(templates) if isinstance(templates, str) else tuple(templates)
-        meta = self._meta(template_list)
+        meta = self.meta_for(template_list)
         key = key_of({**meta, "labels": [label.spec for label in label_objs], "format_version": FORMAT_VERSION})
         path = cache_dir() / "classifiers" / f"{key}.safetensors"
         if use_cache and path.is_file():
@@ -117,7 +117,8 @@ class ZeroShotClassifier:
                 self.classifier.save(path)
         return self.classifier
 
-    def _meta(self, templates: Sequence[str]) -> dict[str, object]:
+    def meta_for(self, templates: Sequence[str]) -> dict[str, object]:
+        """What determines a classifier built with this model and these templates: its file metadata."""
         import open_clip
 
         return {
@@ -253,6 +254,19 @@ class ZeroShotClassifier:
         encoder = f"{self.model.fingerprint}|{self.model.precision}|{decoder}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores [N, C] of image features [N, D] against the classifier: a zero-shot classifier uses the
+        model's temperature (and SigLIP's bias, with a sigmoid), a trained one its own bias, with a softmax."""
+        clf = self.classifier
+        if clf is None:
+            raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        if clf.logit_scale is not None:
+            return scoring.probabilities(scoring.logits(features, clf.weights, clf.logit_scale, clf.bias), False)
+        bias = self.model.logit_bias
+        return scoring.probabilities(
+            scoring.logits(features, clf.weights, self.model.logit_scale, bias), sigmoid=bias is not None
+        )
+
     def _encode_batch(
         self,
         items: list[tuple[Path, FileKey | None, Item]],
@@ -281,10 +295,7 @@ class ZeroShotClassifier:
         assert self.classifier is not None
         features = [x for _, x in items if isinstance(x, torch.Tensor)]
         if features:
-            logits = scoring.logits(
-                torch.stack(features), self.classifier.weights, self.model.logit_scale, self.model.logit_bias
-            )
-            probs = scoring.probabilities(logits, sigmoid=self.model.logit_bias is not None)
+            probs = self.probabilities(torch.stack(features))
             values, indices = (t.tolist() for t in scoring.top_k(probs, k))
         names = self.classifier.names
         row = 0

@@ -19,6 +19,7 @@ from clipzs.prompts import Label
 FORMAT = "clipzs-classifier"
 FORMAT_VERSION = 1
 TENSOR_NAME = "weights"
+BIAS_NAME = "bias"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,14 @@ class Classifier:
     labels: tuple[Label, ...]
     meta: dict[str, Any] = field(default_factory=dict)
     """kind, model, pretrained, fingerprint, open_clip version, templates: what determines the weights."""
+    bias: torch.Tensor | None = None
+    """Per-class bias [C] of a trained (linear-probe) classifier; None for zero-shot ones."""
+
+    @property
+    def logit_scale(self) -> float | None:
+        """The scale of a trained classifier's logits (1: they are used as they are); None: the model's."""
+        scale = self.meta.get("logit_scale")
+        return None if scale is None else float(scale)
 
     @property
     def names(self) -> list[str]:
@@ -42,6 +51,8 @@ class Classifier:
         header["labels"] = [{"name": label.name, "aliases": list(label.aliases)} for label in self.labels]
         metadata = {"clipzs": json.dumps(header, ensure_ascii=False)}
         tensors = {TENSOR_NAME: self.weights.detach().float().contiguous().cpu()}
+        if self.bias is not None:
+            tensors[BIAS_NAME] = self.bias.detach().float().contiguous().cpu()
         atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @classmethod
@@ -56,6 +67,7 @@ class Classifier:
             with safe_open(str(path), framework="pt") as f:
                 raw = (f.metadata() or {}).get("clipzs")
                 weights = f.get_tensor(TENSOR_NAME) if raw else None
+                bias = f.get_tensor(BIAS_NAME) if raw and BIAS_NAME in f.keys() else None  # noqa: SIM118
             header = json.loads(raw) if raw else None
         except Exception as e:
             raise ClassifierError(f"{path} is not a clipzs classifier file ({e})") from e
@@ -73,7 +85,7 @@ class Classifier:
             )
         for key in ("format", "format_version"):
             header.pop(key)
-        return cls(weights=weights, labels=labels, meta=header)
+        return cls(weights=weights, labels=labels, meta=header, bias=bias)
 
     def check_model(self, fingerprint: str, name: str, source: str = "this classifier") -> None:
         """Refuse to score with weights made for other model weights."""

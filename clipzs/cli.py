@@ -238,11 +238,15 @@ def evaluate(
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Write the best run's confusion matrix to this PNG file.")
     ] = None,
+    classifier: Annotated[
+        Optional[list[str]],
+        typer.Option("--classifier", "-c", help="Also measure this classifier file (zero-shot, probe, blend)."),
+    ] = None,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
     from clipzs.api import ZeroShotClassifier
-    from clipzs.evaluate import class_labels, evaluate_model, load_dataset, plot_confusion
+    from clipzs.evaluate import class_labels, evaluate_classifier, evaluate_model, load_dataset, plot_confusion
     from clipzs.output import printable, render_eval
     from clipzs.prompts import labels_from_file, load_templates
 
@@ -256,15 +260,83 @@ def evaluate(
             load_templates(name)  # a typo fails now, not after the images are encoded
         runs: list[Run] = []
         skipped: list[tuple[Path, str]] = []
-        for model_name, weights in _model_pairs(model, pretrained, model_config):
+        pairs = _model_pairs(model, pretrained, model_config) if not classifier or model or pretrained else []
+        for model_name, weights in pairs:
             zsc = ZeroShotClassifier.from_pretrained(model_name, weights, model_config=model_config, device=device)
             found, skipped = evaluate_model(zsc, dataset, labels, template_sets, use_cache=not no_cache)
             runs += found
+        for file in classifier or []:
+            zsc = ZeroShotClassifier.from_classifier_file(file, model_config=model_config, device=device)
+            run, skipped = evaluate_classifier(zsc, dataset, Path(file).name, use_cache=not no_cache)
+            runs.append(run)
         for path, reason in skipped:
             console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
         render_eval(runs, dataset.classes, sys.stdout, fmt)
         if plot is not None:
             plot_confusion(max(runs, key=lambda run: run.metrics.top1), dataset.classes, plot)
+        if skipped:
+            raise typer.Exit(EXIT_SKIPPED)
+
+
+probe_app = typer.Typer(
+    help="Train classifiers on labelled images: linear probes, few-shot, zero-shot blends.", no_args_is_help=True
+)
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("fit")
+def probe_fit(
+    root: Annotated[
+        Path, typer.Argument(help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The classifier file to write.")],
+    shots: Annotated[
+        Optional[int], typer.Option("--shots", min=1, help="Train on this many images per class (few-shot).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing shots and the held-out split.")] = 0,
+    blend: Annotated[
+        bool, typer.Option("--blend", help="Blend with the zero-shot classifier, the weight chosen on held-out images.")
+    ] = False,
+    labels_file: Annotated[
+        Optional[Path],
+        typer.Option("--labels-file", help="Prompts per class for --blend: 'class=alias|alias' per line."),
+    ] = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Fit an L2-regularised logistic regression on the images' features (strength chosen on held-out images)."""
+    from clipzs.api import ZeroShotClassifier
+    from clipzs.evaluate import class_labels, load_dataset
+    from clipzs.output import printable
+    from clipzs.probe import train_classifier
+    from clipzs.prompts import labels_from_file
+
+    with _errors() as console:
+        dataset = load_dataset(root)
+        labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
+        zsc = ZeroShotClassifier.from_pretrained(
+            model or (None if model_config else DEFAULT_MODEL),
+            pretrained or DEFAULT_PRETRAINED,
+            model_config=model_config,
+            device=device,
+        )
+        blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
+        trained, result, skipped = train_classifier(
+            zsc, dataset, labels, shots=shots, seed=seed, blend_templates=blend_templates, use_cache=not no_cache
+        )
+        for path, reason in skipped:
+            console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
+        trained.save(output)
+        held = f", held-out accuracy {result.held_out_accuracy:.1%}" if result.held_out_accuracy is not None else ""
+        mix = f", zero-shot weight {result.alpha}" if result.alpha is not None else ""
+        console.print(
+            f"clipzs: wrote {output}: {trained.meta['kind']} on {trained.meta['images']} images, "
+            f"{len(labels)} classes, C={result.c:g}{mix}{held}"
+        )
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
 

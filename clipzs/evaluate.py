@@ -20,6 +20,8 @@ from clipzs.images import walk
 from clipzs.prompts import Label
 
 if TYPE_CHECKING:
+    import torch
+
     from clipzs.api import ZeroShotClassifier
 
 
@@ -158,6 +160,24 @@ def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[
     return [by_name.get(name, Label(name, (name.replace("_", " "),))) for name in classes]
 
 
+def encode_dataset(
+    zsc: ZeroShotClassifier, paths: Sequence[Path], targets: Sequence[int], *, use_cache: bool = True
+) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    """Features [N, D] of the readable images with their targets, and the unreadable ones with the reasons."""
+    import torch
+
+    features, kept, skipped = [], [], []
+    for (path, x), target in zip(zsc.encode_paths(paths, use_cache=use_cache), targets, strict=True):
+        if isinstance(x, ImageError):
+            skipped.append((path, str(x)))
+        else:
+            features.append(x)
+            kept.append(target)
+    if not features:
+        raise UsageError("no image of the dataset could be read")
+    return torch.stack(features), kept, skipped
+
+
 def evaluate_model(
     zsc: ZeroShotClassifier,
     dataset: Dataset,
@@ -170,29 +190,28 @@ def evaluate_model(
 
     Returns the runs and the images that could not be read (left out of the figures), with the reasons.
     """
-    import torch
-
-    from clipzs import scoring
-
-    features, targets, skipped = [], [], []
-    encoded = zsc.encode_paths(dataset.paths, use_cache=use_cache)
-    for (path, x), target in zip(encoded, dataset.targets, strict=True):
-        if isinstance(x, ImageError):
-            skipped.append((path, str(x)))
-        else:
-            features.append(x)
-            targets.append(target)
-    if not features:
-        raise UsageError("no image of the dataset could be read")
-    stacked = torch.stack(features)
+    features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     runs = []
     for templates in template_sets:
-        classifier = zsc.build(labels, templates, use_cache=use_cache)
-        bias = zsc.model.logit_bias
-        logits = scoring.logits(stacked, classifier.weights, zsc.model.logit_scale, bias)
-        probs = scoring.probabilities(logits, sigmoid=bias is not None).numpy()
+        zsc.build(labels, templates, use_cache=use_cache)
+        probs = zsc.probabilities(features).numpy()
         runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(probs, targets)))
     return runs, skipped
+
+
+def evaluate_classifier(
+    zsc: ZeroShotClassifier, dataset: Dataset, name: str, *, use_cache: bool = True
+) -> tuple[Run, list[tuple[Path, str]]]:
+    """Measure a loaded classifier (zero-shot, probe or blend) whose labels name the dataset's classes."""
+    assert zsc.classifier is not None
+    names = zsc.classifier.names
+    missing = [c for c in dataset.classes if c not in names]
+    if missing:
+        raise UsageError(f"classifier {name} has no label for the classes {', '.join(missing)}")
+    features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
+    probs = zsc.probabilities(features).numpy()[:, [names.index(c) for c in dataset.classes]]
+    kind = str(zsc.classifier.meta.get("kind", "zero-shot"))
+    return Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(probs, targets)), skipped
 
 
 def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:

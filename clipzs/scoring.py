@@ -29,9 +29,11 @@ def logits(
     image_features: torch.Tensor,
     weights: torch.Tensor,
     logit_scale: float,
-    logit_bias: float | None = None,
+    logit_bias: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scaled cosine similarities [N, C]; ``logit_scale`` is the model's learned temperature, exp'd."""
+    """Scaled cosine similarities [N, C]; ``logit_scale`` is the model's learned temperature, exp'd.
+
+    ``logit_bias``: SigLIP's learned scalar, or a trained classifier's bias per class [C]."""
     out = logit_scale * (image_features @ weights)
     return out if logit_bias is None else out + logit_bias
 

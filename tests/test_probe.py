@@ -1,0 +1,120 @@
+"""Linear probes, few-shot and blends on the trained tiny model: they learn what zero-shot cannot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from clipzs.classifier import Classifier
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.probe import few_shot, fit_probe, held_out_split
+from tests.conftest import ModelFiles, jsonl
+from tests.tinyclip.shapes import draw
+
+# Words the tiny model never saw in training, for shapes it knows well.
+UNSEEN = {"alpha": "red circle", "beta": "blue square", "gamma": "green triangle", "delta": "yellow circle"}
+
+
+def unseen_tree(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for word, shape in UNSEEN.items():
+        (root / word).mkdir(parents=True)
+        for i in range(per_class):
+            draw(shape, rng).save(root / word / f"{i}.png")
+    return root
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def top1_by_run(report: str) -> dict[str, float]:
+    return {run["templates"]: run["top1"] for run in json.loads(report)["runs"]}
+
+
+def test_a_few_shot_probe_beats_zero_shot_on_unseen_words(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    train = unseen_tree(tmp_path / "train", per_class=10, seed=1)
+    test = unseen_tree(tmp_path / "test", per_class=10, seed=2)
+    probe = tmp_path / "probe.clf"
+    code, _, stderr = cli("probe", "fit", str(train), "-o", str(probe), "--shots", "4", *tiny_clip.args)
+    assert code == EXIT_OK and "linear-probe on 16 images" in stderr
+    meta = Classifier.load(probe).meta
+    assert meta["kind"] == "linear-probe" and meta["shots"] == 4 and meta["c"] > 0
+
+    code, stdout, _ = cli("eval", str(test), "-t", "simple", "-c", str(probe), "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK
+    scores = top1_by_run(stdout)
+    assert scores["probe.clf (linear-probe)"] >= 0.85
+    assert scores["probe.clf (linear-probe)"] >= scores["simple"] + 0.2
+
+
+def test_a_probe_file_classifies_like_a_zero_shot_one(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    train = unseen_tree(tmp_path / "train", per_class=6, seed=3)
+    test = unseen_tree(tmp_path / "test", per_class=3, seed=4)
+    probe = tmp_path / "probe.clf"
+    assert cli("probe", "fit", str(train), "-o", str(probe), *tiny_clip.args)[0] == EXIT_OK
+    code, stdout, _ = cli("classify", str(test), "-c", str(probe), "--device", "cpu", "-k", "4")
+    assert code == EXIT_OK
+    records = jsonl(stdout)
+    assert len(records) == 12 and all(abs(sum(e["score"] for e in r["top_k"]) - 1) < 1e-4 for r in records)
+    correct = sum(r["label"] == Path(r["path"]).parent.name for r in records)
+    assert correct / len(records) >= 0.85
+
+
+def test_blend_starts_from_zero_shot(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """With prompts that name the shapes, the blend keeps zero-shot's knowledge when shots are few."""
+    train = unseen_tree(tmp_path / "train", per_class=6, seed=5)
+    test = unseen_tree(tmp_path / "test", per_class=8, seed=6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{word}={shape}\n" for word, shape in UNSEEN.items()))
+    blend = tmp_path / "blend.clf"
+    code, _, stderr = cli(
+        "probe",
+        "fit",
+        str(train),
+        "-o",
+        str(blend),
+        "--blend",
+        "--labels-file",
+        str(labels),
+        "--shots",
+        "2",
+        "-t",
+        "simple",
+        *tiny_clip.args,
+    )
+    assert code == EXIT_OK and "zero-shot weight" in stderr
+    meta = Classifier.load(blend).meta
+    assert meta["kind"] == "blend" and 0 <= meta["alpha"] <= 1 and meta["templates"] == ["a photo of a {}."]
+    code, stdout, _ = cli("eval", str(test), "-c", str(blend), "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK and top1_by_run(stdout)["blend.clf (blend)"] >= 0.85
+
+
+def test_probe_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    draw("red circle", np.random.default_rng(0)).save(tmp_path / "one" / "only" / "0.png")
+    code, _, stderr = cli("probe", "fit", str(tmp_path / "one"), "-o", str(tmp_path / "x.clf"), *tiny_clip.args)
+    assert code == EXIT_USAGE and "two or more" in stderr
+
+
+def test_few_shot_and_split_are_seeded_and_stratified() -> None:
+    targets = [0] * 10 + [1] * 3 + [2] * 1
+    chosen = few_shot(targets, 2, seed=7)
+    assert chosen == few_shot(targets, 2, seed=7) and [targets[i] for i in chosen] == [0, 0, 1, 1, 2]
+    train, held = held_out_split(targets, seed=0)
+    assert sorted(train + held) == list(range(len(targets)))
+    assert [targets[i] for i in held] == [0, 0, 1]  # 20% of each class with two or more images
+
+
+def test_binary_probe_has_one_column_per_class() -> None:
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(1, 0.3, (20, 8)), rng.normal(-1, 0.3, (20, 8))]).astype(np.float32)
+    result = fit_probe(features, [0] * 20 + [1] * 20, 2)
+    assert result.classifier.weights.shape == (8, 2) and result.held_out_accuracy == 1.0
+    assert (result.classifier.logits(features).argmax(axis=1) == [0] * 20 + [1] * 20).all()
