@@ -242,11 +242,25 @@ def evaluate(
         Optional[list[str]],
         typer.Option("--classifier", "-c", help="Also measure this classifier file (zero-shot, probe, blend)."),
     ] = None,
+    shots: Annotated[
+        Optional[str],
+        typer.Option(
+            "--shots", help="Few-shot curve: probes on K images per class, e.g. 1,2,4,8,16 (--plot draws it)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing the shots.")] = 0,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
     from clipzs.api import ZeroShotClassifier
-    from clipzs.evaluate import class_labels, evaluate_classifier, evaluate_model, load_dataset, plot_confusion
+    from clipzs.evaluate import (
+        class_labels,
+        evaluate_classifier,
+        evaluate_model,
+        load_dataset,
+        plot_confusion,
+        plot_few_shot,
+    )
     from clipzs.output import printable, render_eval
     from clipzs.prompts import labels_from_file, load_templates
 
@@ -256,6 +270,12 @@ def evaluate(
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         template_sets = [t.strip() for t in templates.split(",") if t.strip()]
+        try:
+            shot_counts = sorted({int(k) for k in shots.split(",") if k.strip()}) if shots else []
+        except ValueError:
+            raise UsageError(f"--shots takes whole numbers separated by commas, not {shots!r}") from None
+        if any(k < 1 for k in shot_counts):
+            raise UsageError("--shots counts must be at least 1")
         for name in template_sets:
             load_templates(name)  # a typo fails now, not after the images are encoded
         runs: list[Run] = []
@@ -263,7 +283,9 @@ def evaluate(
         pairs = _model_pairs(model, pretrained, model_config) if not classifier or model or pretrained else []
         for model_name, weights in pairs:
             zsc = ZeroShotClassifier.from_pretrained(model_name, weights, model_config=model_config, device=device)
-            found, skipped = evaluate_model(zsc, dataset, labels, template_sets, use_cache=not no_cache)
+            found, skipped = evaluate_model(
+                zsc, dataset, labels, template_sets, shots=shot_counts, seed=seed, use_cache=not no_cache
+            )
             runs += found
         for file in classifier or []:
             zsc = ZeroShotClassifier.from_classifier_file(file, model_config=model_config, device=device)
@@ -272,7 +294,9 @@ def evaluate(
         for path, reason in skipped:
             console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
         render_eval(runs, dataset.classes, sys.stdout, fmt)
-        if plot is not None:
+        if plot is not None and shot_counts:
+            plot_few_shot(runs, plot)
+        elif plot is not None:
             plot_confusion(max(runs, key=lambda run: run.metrics.top1), dataset.classes, plot)
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)

@@ -7,11 +7,12 @@ of ``path,label`` rows (paths relative to the file's folder).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class Metrics:
     """confusion[true][predicted] counts."""
 
 
-def metrics(scores: np.ndarray, targets: Sequence[int]) -> Metrics:
+def metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray) -> Metrics:
     """Top-1 and top-5 accuracy, recall per class and its mean, and the confusion matrix."""
     truth = np.asarray(targets)
     classes = scores.shape[1]
@@ -184,18 +185,32 @@ def evaluate_model(
     labels: Sequence[Label],
     template_sets: Sequence[str],
     *,
+    shots: Sequence[int] = (),
+    seed: int = 0,
     use_cache: bool = True,
 ) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Encode the dataset's images once, then measure each template set's classifier on those features.
+    """Encode the dataset's images once, then measure each template set's classifier on those features, and
+    for each number of ``shots`` a probe trained on that many images per class and tested on all the others.
 
     Returns the runs and the images that could not be read (left out of the figures), with the reasons.
     """
+    from clipzs.probe import few_shot, fit_probe
+
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     runs = []
     for templates in template_sets:
         zsc.build(labels, templates, use_cache=use_cache)
         probs = zsc.probabilities(features).numpy()
         runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(probs, targets)))
+    x, y = features.numpy(), np.asarray(targets)
+    for k in shots:
+        chosen = few_shot(y, k, seed)
+        rest = np.setdiff1d(np.arange(len(y)), chosen)
+        if len(rest) == 0:
+            raise UsageError(f"{k} shots per class leave no image to test on")
+        probe = fit_probe(x[chosen], y[chosen], len(labels), seed=seed).classifier
+        scores = probe.logits(x[rest])  # the ranking is all the metrics need: no softmax
+        runs.append(Run(zsc.model.name, zsc.model.pretrained, f"{k}-shot probe", len(rest), metrics(scores, y[rest])))
     return runs, skipped
 
 
@@ -214,8 +229,7 @@ def evaluate_classifier(
     return Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(probs, targets)), skipped
 
 
-def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
-    """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency)."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -223,6 +237,34 @@ def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise UsageError("--plot needs matplotlib: pip install 'clipzs[plot]'") from e
+    return plt
+
+
+def plot_few_shot(runs: Sequence[Run], path: Path) -> None:
+    """Top-1 of the k-shot probes against k, per model, with each zero-shot run as a horizontal line."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.set_xscale("log", base=2)
+    for model in dict.fromkeys((run.model, run.pretrained) for run in runs):
+        own = [run for run in runs if (run.model, run.pretrained) == model]
+        probes = sorted((int(run.templates.split("-")[0]), run.metrics.top1) for run in own if "-shot" in run.templates)
+        line = axes.plot(*zip(*probes, strict=True), marker="o", label=f"{model[0]} ({model[1]}) probe")[0]
+        zero_shot = [run for run in own if "-shot" not in run.templates]
+        for run, style in zip(zero_shot, itertools.cycle(["--", ":", "-."]), strict=False):
+            axes.axhline(run.metrics.top1, linestyle=style, color=line.get_color(), label=f"zero-shot, {run.templates}")
+        axes.set_xticks([k for k, _ in probes], [str(k) for k, _ in probes])
+    axes.minorticks_off()
+    axes.set_xlabel("labelled images per class")
+    axes.set_ylabel("top-1 accuracy")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
+    """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency)."""
+    plt = _pyplot()
     counts = np.asarray(run.metrics.confusion, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = max(4.0, 0.45 * len(classes) + 2)

@@ -51,7 +51,7 @@ class ProbeResult:
     held_out_accuracy: float | None
 
 
-def few_shot(targets: Sequence[int], shots: int, seed: int) -> list[int]:
+def few_shot(targets: Sequence[int] | np.ndarray, shots: int, seed: int) -> list[int]:
     """Indices of ``shots`` images per class (all of a class that has fewer), drawn with a seeded generator."""
     rng = np.random.default_rng(seed)
     truth = np.asarray(targets)

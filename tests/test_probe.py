@@ -118,3 +118,18 @@ def test_binary_probe_has_one_column_per_class() -> None:
     result = fit_probe(features, [0] * 20 + [1] * 20, 2)
     assert result.classifier.weights.shape == (8, 2) and result.held_out_accuracy == 1.0
     assert (result.classifier.logits(features).argmax(axis=1) == [0] * 20 + [1] * 20).all()
+
+
+def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    data = unseen_tree(tmp_path / "data", per_class=10, seed=8)
+    plot = tmp_path / "curve.png"
+    code, stdout, _ = cli(
+        "eval", str(data), "-t", "simple", "--shots", "1,2,4", "--plot", str(plot), "-f", "json", *tiny_clip.args
+    )
+    assert code == EXIT_OK
+    runs = {run["templates"]: run for run in json.loads(stdout)["runs"]}
+    assert list(runs) == ["simple", "1-shot probe", "2-shot probe", "4-shot probe"]
+    assert [runs[f"{k}-shot probe"]["images"] for k in (1, 2, 4)] == [36, 32, 24]  # tested on the other images
+    assert runs["4-shot probe"]["top1"] >= max(0.85, runs["simple"]["top1"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli("eval", str(data), "--shots", "2,x", *tiny_clip.args)[0] == EXIT_USAGE
