@@ -20,8 +20,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 CLASSES: list[str] = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
-TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
+ENSEMBLE: tuple[str, ...] = (
     "itap of a {}.",
     "a bad photo of the {}.",
     "a origami {}.",
@@ -29,9 +28,9 @@ TEMPLATES: tuple[str, ...] = (
     "a {} in a video game.",
     "art of the {}.",
     "a photo of the small {}.",
-    "a {}.",
-    "{}",
 )
+"""CLIP's 7-template ensemble (openai-7)."""
+TEMPLATES: tuple[str, ...] = ("a photo of a {}.", *ENSEMBLE, "a {}.", "{}")
 """Training caption templates (CLIP's "a photo of a {}." and its 7-template ensemble, plus two bare ones)."""
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from tinyclip.shapes import CLASSES, caption, draw  # noqa: E402
+from tinyclip.shapes import CLASSES, ENSEMBLE, caption, draw  # noqa: E402
 
 CONFIG = HERE / "tiny-clip.json"
 CHECKPOINT = HERE / "tiny-clip.safetensors"
@@ -37,15 +37,6 @@ LR = 2e-3
 WEIGHT_DECAY = 0.1
 EVAL_IMAGES = 480
 
-ENSEMBLE = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 
 Transform = Callable[[object], torch.Tensor]
 
