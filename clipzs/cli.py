@@ -6,6 +6,8 @@ torch and open_clip are imported only inside the commands that need them, so --h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
     from clipzs.api import ZeroShotClassifier
     from clipzs.evaluate import Run
+    from clipzs.prediction import Prediction
     from clipzs.prompts import Label
 
 app = typer.Typer(
@@ -298,6 +301,84 @@ def evaluate(
             plot_few_shot(runs, plot)
         elif plot is not None:
             plot_confusion(max(runs, key=lambda run: run.metrics.top1), dataset.classes, plot)
+        if skipped:
+            raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command("sort")
+def sort_images(
+    src: Annotated[Optional[Path], typer.Argument(help="The folder (or image) to sort.")] = None,
+    dest: Annotated[Optional[Path], typer.Argument(help="Where DEST/<label>/ folders are made.")] = None,
+    labels: LabelsOpt = None,
+    labels_file: LabelsFileOpt = None,
+    classifier: Annotated[
+        Optional[Path], typer.Option("--classifier", "-c", help="A classifier file instead of labels.")
+    ] = None,
+    templates: TemplatesOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    mode: Annotated[str, typer.Option("--mode", help="copy, move or link (a symbolic link to the source).")] = "copy",
+    min_score: Annotated[
+        float, typer.Option("--min-score", help="Below this score an image goes to DEST/unsorted/.")
+    ] = 0.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan as JSON Lines; touch nothing.")] = False,
+    manifest: Annotated[
+        Optional[Path], typer.Option("--manifest", help="[default: DEST/clipzs-manifest.jsonl]")
+    ] = None,
+    undo_manifest: Annotated[
+        Optional[Path], typer.Option("--undo", help="Undo the sort this manifest records, then stop.")
+    ] = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Put each image into DEST/<label>/; never overwrites, writes a manifest that --undo reverses."""
+    from clipzs import sorting
+    from clipzs.images import discover
+    from clipzs.output import printable
+
+    with _errors() as console:
+        if undo_manifest is not None:
+            counts: dict[str, int] = {}
+            for step, outcome in sorting.undo(undo_manifest):
+                counts[outcome] = counts.get(outcome, 0) + 1
+                if outcome not in ("restored", "removed"):
+                    console.print(f"clipzs: {printable(step.destination)}: {outcome}")
+            console.print("clipzs: undo: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+            return
+        if src is None or dest is None:
+            raise UsageError("give SRC and DEST, or --undo MANIFEST")
+        if mode not in sorting.MODES:
+            raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(sorting.MODES)}")
+        paths = [p for p in discover([str(src)]) if p.exists()]
+        if not paths:
+            raise UsageError(f"no images found in {src}")
+        if classifier is not None:
+            from clipzs.api import ZeroShotClassifier
+
+            zsc = ZeroShotClassifier.from_classifier_file(
+                classifier, model=model, pretrained=pretrained, model_config=model_config, device=device
+            )
+        else:
+            zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        skipped = 0
+
+        def readable(predictions: Iterator[Prediction]) -> Iterator[Prediction]:
+            nonlocal skipped
+            for prediction in predictions:
+                if prediction.error is not None:
+                    skipped += 1
+                    console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                yield prediction
+
+        steps = sorting.plan(readable(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
+        done = steps if dry_run else sorting.apply(steps, manifest or dest / "clipzs-manifest.jsonl")
+        count = 0
+        for step in done:
+            typer.echo(json.dumps(dataclasses.asdict(step), ensure_ascii=False))
+            count += 1
+        verb = "would sort" if dry_run else f"sorted ({mode})"
+        console.print(f"clipzs: {verb} {count} of {len(paths)} images into {dest}")
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
 

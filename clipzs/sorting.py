@@ -1,0 +1,120 @@
+"""Sorting images into one folder per label, with a manifest that can undo it.
+
+Nothing is ever overwritten: a name already taken in the destination gets a numbered suffix. Each step is
+written to the manifest (JSON Lines, flushed) before the file is touched, so an interrupted sort leaves a
+manifest that covers everything it did, and ``undo`` skips the steps that never happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clipzs.errors import UsageError
+from clipzs.prediction import Prediction
+
+MODES = ("copy", "move", "link")
+UNSORTED = "unsorted"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One image to put into its label's folder."""
+
+    source: str
+    destination: str
+    label: str
+    score: float
+    mode: str
+
+
+def folder_name(label: str) -> str:
+    """A label as a single, safe folder name."""
+    cleaned = "".join("_" if c in '/\\:*?"<>|' or not c.isprintable() else c for c in label).strip(" .")
+    return cleaned or "_"
+
+
+def plan(predictions: Iterable[Prediction], dest: Path, mode: str, min_score: float = 0.0) -> Iterator[Step]:
+    """Where each readable image goes: DEST/<label>/, or DEST/unsorted/ below ``min_score``, never onto a file."""
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    taken: set[Path] = set()
+    for prediction in predictions:
+        if prediction.error is not None or prediction.label is None or prediction.score is None:
+            continue
+        folder = folder_name(prediction.label) if prediction.score >= min_score else UNSORTED
+        target = _free_name(dest / folder / Path(prediction.path).name, taken)
+        taken.add(target)
+        yield Step(prediction.path, str(target), prediction.label, prediction.score, mode)
+
+
+def _free_name(path: Path, taken: set[Path]) -> Path:
+    candidate, number = path, 1
+    while candidate in taken or os.path.lexists(candidate):
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        number += 1
+    return candidate
+
+
+def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
+    """Carry the steps out, each recorded in the manifest before its file is touched; yields each one done."""
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest, "a", encoding="utf-8") as log:
+        for step in steps:
+            log.write(json.dumps(asdict(step), ensure_ascii=False) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            _carry_out(step)
+            yield step
+
+
+def _carry_out(step: Step) -> None:
+    source, destination = Path(step.source), Path(step.destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if step.mode == "copy":
+        shutil.copy2(source, destination)
+    elif step.mode == "move":
+        shutil.move(source, destination)
+    else:
+        destination.symlink_to(source.resolve())
+
+
+def read_manifest(manifest: Path) -> list[Step]:
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read manifest {manifest}: {e.strerror}") from e
+    steps = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            steps.append(Step(**json.loads(line)))
+        except (ValueError, TypeError) as e:
+            if number == len(lines):
+                break  # the last line of a killed sort may be cut short: that step never happened
+            raise UsageError(f"{manifest}, line {number}: not a clipzs sort manifest") from e
+    return steps
+
+
+def undo(manifest: Path) -> Iterator[tuple[Step, str]]:
+    """Reverse a sort, last step first: moved files go back, copies and links are removed. Yields each step
+    with what was done ('restored', 'removed', or why it was left alone); nothing is ever overwritten."""
+    for step in reversed(read_manifest(manifest)):
+        source, destination = Path(step.source), Path(step.destination)
+        if not os.path.lexists(destination):
+            yield step, "not there (the sort stopped before it)"
+        elif step.mode == "move":
+            if os.path.lexists(source):
+                yield step, "left: the source path is taken again"
+                continue
+            source.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(destination, source)
+            yield step, "restored"
+        else:
+            destination.unlink()
+            yield step, "removed"

@@ -1,0 +1,129 @@
+"""`clipzs sort`: images into DEST/<label>/, never overwriting, with a manifest that undoes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.sorting import folder_name
+from tests.conftest import ModelFiles
+from tests.tinyclip.shapes import draw
+
+SHAPES = ["red circle", "blue square", "green triangle"]
+
+
+def photo_tree(root: Path) -> dict[Path, str]:
+    """Drawn shapes in two sub-folders whose file names clash (a/0.png and b/0.png)."""
+    rng = np.random.default_rng(3)
+    truth = {}
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        for i, label in enumerate(SHAPES):
+            path = root / sub / f"{i}.png"
+            draw(label, rng).save(path)
+            truth[path] = label
+    return truth
+
+
+def sort(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["sort", *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix == ".png"}
+
+
+def test_copy_sorts_by_label_and_never_overwrites(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    truth = photo_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    (dest / "red circle").mkdir(parents=True)
+    (dest / "red circle" / "0.png").write_bytes(b"already here")
+    code, stdout, stderr = sort(str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), *tiny_clip.args)
+    assert code == EXIT_OK and "sorted (copy) 6 of 6" in stderr
+    steps = [json.loads(line) for line in stdout.splitlines()]
+    assert len(steps) == 6 and files(tmp_path / "src") == {
+        "a/0.png",
+        "a/1.png",
+        "a/2.png",
+        "b/0.png",
+        "b/1.png",
+        "b/2.png",
+    }
+    assert (dest / "red circle" / "0.png").read_bytes() == b"already here"  # not overwritten
+    assert {"red circle/0-1.png", "red circle/0-2.png"} <= files(dest)  # two clashes, two suffixes
+    correct = sum(Path(s["destination"]).parent.name == truth[Path(s["source"])] for s in steps)
+    assert correct == 6
+    manifest = [json.loads(line) for line in (dest / "clipzs-manifest.jsonl").read_text().splitlines()]
+    assert manifest == steps
+
+
+def test_dry_run_touches_nothing(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    photo_tree(tmp_path / "src")
+    code, stdout, stderr = sort(
+        str(tmp_path / "src"), str(tmp_path / "dest"), "-l", ",".join(SHAPES), "--dry-run", *tiny_clip.args
+    )
+    assert code == EXIT_OK and len(stdout.splitlines()) == 6 and "would sort 6" in stderr
+    assert not (tmp_path / "dest").exists()
+
+
+def test_move_then_undo_restores_everything(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    photo_tree(tmp_path / "src")
+    before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
+    dest = tmp_path / "dest"
+    code, _, _ = sort(str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args)
+    assert code == EXIT_OK and files(tmp_path / "src") == set() and len(files(dest)) == 6
+    code, _, stderr = sort("--undo", str(dest / "clipzs-manifest.jsonl"))
+    assert code == EXIT_OK and "6 restored" in stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before and files(dest) == set()
+
+
+def test_min_score_sends_doubtful_images_to_unsorted(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    photo_tree(tmp_path / "src")
+    code, _, _ = sort(
+        str(tmp_path / "src"),
+        str(tmp_path / "dest"),
+        "-l",
+        ",".join(SHAPES),
+        "--min-score",
+        "1.01",
+        "--mode",
+        "link",
+        *tiny_clip.args,
+    )
+    assert code == EXIT_OK and {Path(f).parent.name for f in files(tmp_path / "dest")} == {"unsorted"}
+    assert all(p.is_symlink() for p in (tmp_path / "dest" / "unsorted").iterdir())
+
+
+def test_undo_of_an_interrupted_sort(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A sort killed after writing a step but before doing it, and mid-way through its next manifest line."""
+    photo_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    sort(str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args)
+    manifest = dest / "clipzs-manifest.jsonl"
+    never_done = {
+        "source": str(tmp_path / "x.png"),
+        "destination": str(dest / "red circle" / "x.png"),
+        "label": "red circle",
+        "score": 0.9,
+        "mode": "move",
+    }
+    with open(manifest, "a") as f:
+        f.write(json.dumps(never_done) + "\n" + '{"source": "/half/writ')
+    code, _, stderr = sort("--undo", str(manifest))
+    assert code == EXIT_OK and "6 restored" in stderr and "1 not there" in stderr
+    assert len(files(tmp_path / "src")) == 6
+
+
+def test_sort_usage_errors(tmp_path: Path) -> None:
+    assert sort(str(tmp_path))[0] == EXIT_USAGE  # no DEST
+    code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--mode", "teleport")
+    assert code == EXIT_USAGE and "unknown mode" in stderr
+    assert sort("--undo", str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
+    assert folder_name("cats/dogs: a?") == "cats_dogs_ a_"
