@@ -142,13 +142,16 @@ def classify(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
     no_cache: NoCacheOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Append to --output, skipping the paths it already holds.")
+    ] = False,
     int8: Annotated[
         bool, typer.Option("--int8", help="CPU: run the image encoder in int8 (faster, slightly different scores).")
     ] = False,
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
-    from clipzs.output import choose_format, make_writer, printable
+    from clipzs.output import choose_format, make_writer, printable, written_paths
 
     with _errors() as console:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
@@ -160,6 +163,18 @@ def classify(
             missing = [item for item in inputs if item != "-" and not Path(item).exists()]
             detail = f" ({', '.join(missing)}: no such file or folder)" if missing else ""
             raise UsageError(f"no images found in {', '.join(inputs)}{detail}")
+        appending = False
+        if resume:
+            if output is None:
+                raise UsageError("--resume needs --output FILE: the results of the run to carry on")
+            if output.exists():
+                done = written_paths(output, chosen)
+                paths = [p for p in paths if str(p) not in done]
+                appending = output.stat().st_size > 0  # an empty file still needs its CSV header
+                if not quiet:
+                    console.print(f"clipzs: resuming: {len(done)} already in {output}, {len(paths)} to go")
+                if not paths:
+                    return
         if classifier is not None:
             from clipzs.api import ZeroShotClassifier
 
@@ -173,8 +188,8 @@ def classify(
 
             quantize_int8(zsc.model)
         skipped = 0
-        with _open_output(output) as stream:
-            writer = make_writer(chosen, stream, top_k)
+        with _open_output(output, append=appending) as stream:
+            writer = make_writer(chosen, stream, top_k, header=not appending)
             with _progress(console, len(paths), quiet) as advance:
                 predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
                 for prediction in predictions:
@@ -551,12 +566,12 @@ def _errors() -> Iterator[Console]:
 
 
 @contextlib.contextmanager
-def _open_output(output: Path | None) -> Iterator[IO[str]]:
+def _open_output(output: Path | None, append: bool = False) -> Iterator[IO[str]]:
     if output is None:
         yield sys.stdout
         return
     try:
-        stream = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by the with below
+        stream = open(output, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from e
     with stream:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
 from clipzs.errors import UsageError
@@ -34,12 +36,38 @@ def choose_format(requested: str | None, output_name: str | None, stdout_is_term
     return "table" if stdout_is_terminal else "jsonl"
 
 
-def make_writer(fmt: str, stream: IO[str], top_k: int) -> Writer:
+def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> Writer:
+    """A writer of the format; ``header=False`` when appending to an output that already has one."""
     if fmt == "jsonl":
         return JsonlWriter(stream)
     if fmt == "csv":
-        return CsvWriter(stream, top_k)
+        return CsvWriter(stream, top_k, header)
     return TableWriter(stream)
+
+
+def written_paths(path: Path, fmt: str) -> set[str]:
+    """The paths an earlier run wrote to this JSON Lines or CSV output, for --resume.
+
+    A run killed mid-write may leave its last line cut short: the file is truncated to its last whole line
+    first, so that the lines appended next are whole too.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise UsageError("--resume works with JSON Lines and CSV output files")
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(whole))
+    text = whole.decode("utf-8", errors="replace")
+    if fmt == "csv":
+        return {row["path"] for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("path")}
+    done = set()
+    for line in text.splitlines():
+        try:
+            done.add(json.loads(line)["path"])
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{path} is not a clipzs JSON Lines output: cannot resume it") from None
+    return done
 
 
 class JsonlWriter:
@@ -59,12 +87,13 @@ class JsonlWriter:
 class CsvWriter:
     """Columns path, label, score, error, then label_1, score_1 ... label_k, score_k."""
 
-    def __init__(self, stream: IO[str], top_k: int) -> None:
+    def __init__(self, stream: IO[str], top_k: int, header: bool = True) -> None:
         self.stream = stream
         self.top_k = top_k
         self.csv = csv.writer(stream)
         ranks = [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")]
-        self.csv.writerow(["path", "label", "score", "error", *ranks])
+        if header:
+            self.csv.writerow(["path", "label", "score", "error", *ranks])
 
     def write(self, prediction: Prediction) -> None:
         record = prediction.to_dict()

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,53 @@ def test_cached_hub_weights_load_without_network_and_with_the_tags_activation(
     loaded = load_model("ViT-B-32", "openai", device="cpu")
     assert loaded.fingerprint == "ViT-B-32:openai"
     assert type(loaded.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_after_a_killed_run(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, suffix: str) -> None:
+    """Killed mid-run, the output holds whole lines only; --resume appends the rest, each path once."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"img{i}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
+    out = tmp_path / f"results{suffix}"
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}
+    command = [
+        sys.executable,
+        "-m",
+        "clipzs",
+        "classify",
+        str(folder),
+        "-l",
+        "cat,dog",
+        "-b",
+        "4",
+        "-o",
+        str(out),
+        "-q",
+        *rand_clip.args,
+    ]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while (not out.exists() or out.read_text().count("\n") < 10) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    with open(out, "a") as f:
+        f.write('{"path": "/half/a lin' if suffix == ".jsonl" else "/half/a lin")  # as if killed mid-line
+    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_OK, done.stderr
+    text = out.read_text(encoding="utf-8")
+    paths = (
+        [json.loads(line)["path"] for line in text.splitlines()]
+        if suffix == ".jsonl"
+        else [row["path"] for row in csv.DictReader(io.StringIO(text))]
+    )
+    assert sorted(paths) == sorted(str(p) for p in folder.iterdir())  # each exactly once, nothing half-written
+    again = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == EXIT_OK and out.read_text(encoding="utf-8") == text  # nothing left to do
+
+
+def test_resume_needs_an_output_file(photos: list[Path]) -> None:
+    code, _, stderr = run("classify", str(photos[0]), "-l", "a,b", "--resume")
+    assert code == EXIT_USAGE and "--resume needs --output" in stderr
