@@ -133,7 +133,7 @@ def classify(
         typer.Option(
             "--format",
             "-f",
-            help="jsonl, csv or table.",
+            help="jsonl, csv, table or parquet (a folder of parts, with --output).",
             show_default="by --output's suffix, else table on a terminal, else jsonl",
         ),
     ] = None,
@@ -151,7 +151,7 @@ def classify(
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
-    from clipzs.output import choose_format, make_writer, printable, written_paths
+    from clipzs.output import ParquetWriter, choose_format, make_writer, printable, written_paths
 
     with _errors() as console:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
@@ -163,6 +163,8 @@ def classify(
             missing = [item for item in inputs if item != "-" and not Path(item).exists()]
             detail = f" ({', '.join(missing)}: no such file or folder)" if missing else ""
             raise UsageError(f"no images found in {', '.join(inputs)}{detail}")
+        if chosen == "parquet" and output is None:
+            raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
         appending = False
         if resume:
             if output is None:
@@ -170,7 +172,7 @@ def classify(
             if output.exists():
                 done = written_paths(output, chosen)
                 paths = [p for p in paths if str(p) not in done]
-                appending = output.stat().st_size > 0  # an empty file still needs its CSV header
+                appending = output.is_file() and output.stat().st_size > 0  # an empty CSV still needs a header
                 if not quiet:
                     console.print(f"clipzs: resuming: {len(done)} already in {output}, {len(paths)} to go")
                 if not paths:
@@ -188,17 +190,23 @@ def classify(
 
             quantize_int8(zsc.model)
         skipped = 0
-        with _open_output(output, append=appending) as stream:
-            writer = make_writer(chosen, stream, top_k, header=not appending)
-            with _progress(console, len(paths), quiet) as advance:
-                predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
-                for prediction in predictions:
-                    writer.write(prediction)
-                    if prediction.error is not None:
-                        skipped += 1
-                        console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
-                    advance()
-            writer.close()  # after the progress bar is gone: a table must not be drawn under it
+        with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
+            writer = (
+                ParquetWriter(output)
+                if chosen == "parquet" and output
+                else make_writer(chosen, stream, top_k, header=not appending)
+            )
+            try:
+                with _progress(console, len(paths), quiet) as advance:
+                    predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
+                    for prediction in predictions:
+                        writer.write(prediction)
+                        if prediction.error is not None:
+                            skipped += 1
+                            console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                        advance()
+            finally:
+                writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
         if not quiet:
             console.print(
                 f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"

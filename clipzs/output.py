@@ -15,8 +15,9 @@ from clipzs.prediction import SCORE_DIGITS, Prediction
 if TYPE_CHECKING:
     from clipzs.evaluate import Run
 
-FORMATS = ("jsonl", "csv", "table")
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+FORMATS = ("jsonl", "csv", "table", "parquet")
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+PARQUET_PART_ROWS = 1000
 
 
 class Writer(Protocol):
@@ -38,6 +39,8 @@ def choose_format(requested: str | None, output_name: str | None, stdout_is_term
 
 def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> Writer:
     """A writer of the format; ``header=False`` when appending to an output that already has one."""
+    if fmt == "parquet":
+        raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
     if fmt == "jsonl":
         return JsonlWriter(stream)
     if fmt == "csv":
@@ -51,8 +54,10 @@ def written_paths(path: Path, fmt: str) -> set[str]:
     A run killed mid-write may leave its last line cut short: the file is truncated to its last whole line
     first, so that the lines appended next are whole too.
     """
+    if fmt == "parquet":
+        return ParquetWriter.written_paths(path)
     if fmt not in ("jsonl", "csv"):
-        raise UsageError("--resume works with JSON Lines and CSV output files")
+        raise UsageError("--resume works with JSON Lines, CSV and Parquet output")
     data = path.read_bytes()
     whole = data[: data.rfind(b"\n") + 1]
     if len(whole) != len(data):
@@ -82,6 +87,73 @@ class JsonlWriter:
 
     def close(self) -> None:
         self.stream.flush()
+
+
+class ParquetWriter:
+    """Parquet, as a folder of part files (``results.parquet/part-00000.parquet``, ...) that pyarrow, pandas,
+    DuckDB and Spark read as one table. Each part is written whole and renamed into place, so a run stopped
+    at any moment leaves a valid dataset; the rows of an unfinished part are the ones a --resume redoes."""
+
+    def __init__(self, folder: Path, rows_per_part: int = PARQUET_PART_ROWS) -> None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} exists and is not a folder: Parquet output is a folder of parts")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.rows_per_part = rows_per_part
+        self.rows: list[dict[str, object]] = []
+        self.next_part = len(list(folder.glob("part-*.parquet")))
+
+    def write(self, prediction: Prediction) -> None:
+        record = prediction.to_dict()
+        self.rows.append(
+            {
+                "path": record["path"],
+                "label": record.get("label"),
+                "score": record.get("score"),
+                "error": record.get("error"),
+                "top_k": record.get("top_k", []),
+            }
+        )
+        if len(self.rows) >= self.rows_per_part:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from clipzs.cache import atomic_write
+
+        entry = pa.struct([("label", pa.string()), ("score", pa.float64())])
+        schema = pa.schema(
+            [
+                ("path", pa.string()),
+                ("label", pa.string()),
+                ("score", pa.float64()),
+                ("error", pa.string()),
+                ("top_k", pa.list_(entry)),
+            ]
+        )
+        table = pa.Table.from_pylist(self.rows, schema=schema)
+        part = self.folder / f"part-{self.next_part:05d}.parquet"
+        atomic_write(part, lambda tmp: pq.write_table(table, tmp))
+        self.next_part += 1
+        self.rows = []
+
+    @staticmethod
+    def written_paths(folder: Path) -> set[str]:
+        import pyarrow.parquet as pq
+
+        parts = sorted(folder.glob("part-*.parquet"))
+        return {path for part in parts for path in pq.read_table(part, columns=["path"]).column("path").to_pylist()}
 
 
 class CsvWriter:

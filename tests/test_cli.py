@@ -320,3 +320,23 @@ def test_resume_after_a_killed_run(rand_clip: ModelFiles, photos: list[Path], tm
 def test_resume_needs_an_output_file(photos: list[Path]) -> None:
     code, _, stderr = run("classify", str(photos[0]), "-l", "a,b", "--resume")
     assert code == EXIT_USAGE and "--resume needs --output" in stderr
+
+
+def test_parquet_output_and_resume(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    """--output x.parquet: the same fields as JSON Lines; an interrupted run is carried on with --resume."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "results.parquet"
+    first, rest = photos[:3], photos[3:]
+    listing = "".join(f"{p}\n" for p in first)
+    assert run("classify", "-", "-l", "cat,dog", "-o", str(out), *rand_clip.args, input=listing)[0] == EXIT_OK
+    (out / ".part-00001.parquet.1234.tmp").write_bytes(b"a part a killed run never finished")
+    code, _, stderr = run("classify", *map(str, photos), "-l", "cat,dog", "-o", str(out), "--resume", *rand_clip.args)
+    assert code == EXIT_OK and f"{len(first)} already in" in stderr
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(map(str, photos))
+    expected = {r["path"]: r for r in jsonl(run("classify", *map(str, rest), "-l", "cat,dog", *rand_clip.args)[1])}
+    for row in rows:
+        if row["path"] in expected:
+            assert {k: row[k] for k in ("path", "label", "score", "top_k")} == expected[row["path"]]
+    assert run("classify", str(photos[0]), "-l", "a,b", "-f", "parquet")[0] == EXIT_USAGE  # needs --output
