@@ -260,6 +260,39 @@ class Bench:
             f"{phases[0] / phases[1]:.0f}x faster",
         )
 
+    def ray(self, model_name: str, checkpoint: Path, paths: list[Path]) -> None:
+        """--engine ray on a local instance with 1 and 2 model actors, whole commands."""
+        folder = paths[0].parent
+        base = [
+            sys.executable,
+            "-m",
+            "clipzs",
+            "classify",
+            str(folder),
+            "-l",
+            "cat,dog",
+            "--model",
+            model_name,
+            "--pretrained",
+            str(checkpoint),
+            "--engine",
+            "ray",
+            "--no-cache",
+            "-q",
+            "-o",
+            os.devnull,
+        ]
+        times = {}
+        for workers in (1, 2):
+            times[workers] = median_seconds(
+                lambda workers=workers: subprocess.run([*base, "--workers", str(workers)], check=True), 1
+            )
+            self.row(
+                f"{model_name} --engine ray, {workers} worker(s), {len(paths)} photos",
+                f"{times[workers]:.1f} s",
+                f"{len(paths) / times[workers]:.1f} img/s including start-up",
+            )
+
     def startup(self) -> None:
         for flag in ("--help", "--version"):
             t = median_seconds(
@@ -438,6 +471,8 @@ def main() -> None:
                 bench.images(name, checkpoint, phone, "12 MP")
             if "reclassify" in parts:
                 bench.reclassify(name, checkpoint, small)
+            if "ray" in parts:
+                bench.ray(name, checkpoint, small)
             if "int8" in parts and args.device == "cpu":
                 bench.int8(name, checkpoint)
         if "memory" in parts and args.device == "cpu":

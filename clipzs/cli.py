@@ -145,6 +145,12 @@ def classify(
     resume: Annotated[
         bool, typer.Option("--resume", help="Append to --output, skipping the paths it already holds.")
     ] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local, or ray: Ray Data on a cluster (RAY_ADDRESS) or a local instance.")
+    ] = "local",
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", min=1, help="Ray: model actors. [default: one per GPU, else 1]")
+    ] = None,
     int8: Annotated[
         bool, typer.Option("--int8", help="CPU: run the image encoder in int8 (faster, slightly different scores).")
     ] = False,
@@ -185,6 +191,10 @@ def classify(
             )
         else:
             zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        if engine not in ("local", "ray"):
+            raise UsageError(f"unknown engine {engine!r}: use local or ray")
+        if int8 and engine == "ray":
+            raise UsageError("--int8 runs on the local engine only")
         if int8:
             from clipzs.model import quantize_int8
 
@@ -198,7 +208,12 @@ def classify(
             )
             try:
                 with _progress(console, len(paths), quiet) as advance:
-                    predictions = zsc.classify_paths(paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache)
+                    if engine == "ray":
+                        predictions = _on_ray(zsc, paths, top_k, batch_size, workers)
+                    else:
+                        predictions = zsc.classify_paths(
+                            paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache
+                        )
                     for prediction in predictions:
                         writer.write(prediction)
                         if prediction.error is not None:
@@ -214,6 +229,32 @@ def classify(
             )
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
+
+
+def _on_ray(
+    zsc: ZeroShotClassifier, paths: list[Path], top_k: int, batch_size: int | None, workers: int | None
+) -> Iterator[Prediction]:
+    """Hand the classification to Ray Data: the classifier travels as a file, the model by name and weights."""
+    import tempfile
+
+    from clipzs.ray_engine import classify_on_ray
+
+    if zsc.model.pixels is None or zsc.classifier is None:
+        raise UsageError(f"--engine ray needs the usual resize-and-crop preprocess; {zsc.model.name} differs")
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier_file = Path(tmp, "classifier.clf")
+        zsc.classifier.save(classifier_file)
+        model = {"model": zsc.model.name, "pretrained": zsc.model.pretrained, "model_config": zsc.model.model_config}
+        yield from classify_on_ray(
+            paths,
+            model=model,
+            classifier_file=classifier_file,
+            geometry=zsc.model.pixels.geometry,
+            draft_size=zsc.model.image_size,
+            top_k=top_k,
+            batch_size=batch_size or 32,
+            workers=workers,
+        )
 
 
 @app.command("build-classifier")
