@@ -183,14 +183,7 @@ def classify(
                     console.print(f"clipzs: resuming: {len(done)} already in {output}, {len(paths)} to go")
                 if not paths:
                     return
-        if classifier is not None:
-            from clipzs.api import ZeroShotClassifier
-
-            zsc = ZeroShotClassifier.from_classifier_file(
-                classifier, model=model, pretrained=pretrained, model_config=model_config, device=device
-            )
-        else:
-            zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        zsc = _classifier(classifier, labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown engine {engine!r}: use local or ray")
         if int8 and engine == "ray":
@@ -417,14 +410,7 @@ def sort_images(
         paths = [p for p in discover([str(src)]) if p.exists()]
         if not paths:
             raise UsageError(f"no images found in {src}")
-        if classifier is not None:
-            from clipzs.api import ZeroShotClassifier
-
-            zsc = ZeroShotClassifier.from_classifier_file(
-                classifier, model=model, pretrained=pretrained, model_config=model_config, device=device
-            )
-        else:
-            zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        zsc = _classifier(classifier, labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
         skipped = 0
 
         def readable(predictions: Iterator[Prediction]) -> Iterator[Prediction]:
@@ -478,7 +464,6 @@ def probe_fit(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Fit an L2-regularised logistic regression on the images' features (strength chosen on held-out images)."""
-    from clipzs.api import ZeroShotClassifier
     from clipzs.evaluate import class_labels, load_dataset
     from clipzs.output import printable
     from clipzs.probe import train_classifier
@@ -487,12 +472,7 @@ def probe_fit(
     with _errors() as console:
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
-        zsc = ZeroShotClassifier.from_pretrained(
-            model or (None if model_config else DEFAULT_MODEL),
-            pretrained or DEFAULT_PRETRAINED,
-            model_config=model_config,
-            device=device,
-        )
+        zsc = _load_model(model, pretrained, model_config, device)
         blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
         trained, result, skipped = train_classifier(
             zsc, dataset, labels, shots=shots, seed=seed, blend_templates=blend_templates, use_cache=not no_cache
@@ -560,6 +540,41 @@ def models(
             typer.echo(f"{model_name}\t{tag}{default}")
 
 
+def _load_model(
+    model: str | None, pretrained: str | None, model_config: Path | None, device: str
+) -> ZeroShotClassifier:
+    """The model the options name: a custom config names its own model; otherwise the defaults fill in."""
+    from clipzs.api import ZeroShotClassifier
+
+    return ZeroShotClassifier.from_pretrained(
+        model or (None if model_config else DEFAULT_MODEL),
+        pretrained or DEFAULT_PRETRAINED,
+        model_config=model_config,
+        device=device,
+    )
+
+
+def _classifier(
+    classifier: Path | None,
+    labels: str | None,
+    labels_file: Path | None,
+    templates: str | None,
+    model: str | None,
+    pretrained: str | None,
+    model_config: Path | None,
+    device: str,
+    no_cache: bool,
+) -> ZeroShotClassifier:
+    """A classifier file with its model, or one built from labels and templates."""
+    if classifier is None:
+        return _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+    from clipzs.api import ZeroShotClassifier
+
+    return ZeroShotClassifier.from_classifier_file(
+        classifier, model=model, pretrained=pretrained, model_config=model_config, device=device
+    )
+
+
 def _build(
     labels: str | None,
     labels_file: Path | None,
@@ -571,17 +586,11 @@ def _build(
     no_cache: bool,
 ) -> ZeroShotClassifier:
     """Parse labels and templates first (cheap, likely to be mistyped), then load the model and build."""
-    from clipzs.api import ZeroShotClassifier
     from clipzs.prompts import load_templates
 
     parsed = _labels(labels, labels_file)
     template_list = load_templates(templates or DEFAULT_TEMPLATES)
-    zsc = ZeroShotClassifier.from_pretrained(
-        model or (None if model_config else DEFAULT_MODEL),
-        pretrained or DEFAULT_PRETRAINED,
-        model_config=model_config,
-        device=device,
-    )
+    zsc = _load_model(model, pretrained, model_config, device)
     zsc.build(parsed, template_list, use_cache=not no_cache)
     return zsc
 
