@@ -102,7 +102,7 @@ def classify_on_ray(
         raise UsageError("--engine ray needs Ray: pip install 'clipzs[ray]'") from e
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # stderr is for clipzs's own diagnostics
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # stderr is for clipzs's own diagnostics
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
