@@ -35,7 +35,7 @@ from clipzs.config import (
     GPU_BATCH_SIZE,
 )
 from clipzs.device_decode import DeviceGeometry, JpegBytes, read_jpeg, resolve
-from clipzs.errors import ClassifierError, ImageError, UsageError
+from clipzs.errors import ClassifierError, ClipzsError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
@@ -77,12 +77,18 @@ class ZeroShotClassifier:
         """Load a classifier file and the model it was built for (or the one given, which must match)."""
         classifier = Classifier.load(Path(path))
         meta = classifier.meta
-        loaded = load_model(
-            model or (None if model_config else meta.get("model")),
-            pretrained or meta.get("pretrained", ""),
-            model_config=model_config or _existing(meta.get("model_config")),
-            device=device,
-        )
+        try:
+            loaded = load_model(
+                model or (None if model_config else meta.get("model")),
+                pretrained or meta.get("pretrained", ""),
+                model_config=model_config or _existing(meta.get("model_config")),
+                device=device,
+            )
+        except ClipzsError as e:
+            if model or pretrained or model_config:
+                raise
+            hint = f"{path} names this model; point at it with --pretrained/--model-config"
+            raise type(e)(f"{e} ({hint})") from e
         classifier.check_model(loaded.fingerprint, loaded.name, source=str(path))
         return cls(loaded, classifier)
 

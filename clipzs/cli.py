@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Optional
@@ -399,7 +400,7 @@ def sort_images(
             counts: dict[str, int] = {}
             for step, outcome in sorting.undo(undo_manifest):
                 counts[outcome] = counts.get(outcome, 0) + 1
-                if outcome not in ("restored", "removed"):
+                if outcome.startswith("left"):
                     console.print(f"clipzs: {printable(step.destination)}: {outcome}")
             console.print("clipzs: undo: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
             return
@@ -474,6 +475,11 @@ def probe_fit(
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         zsc = _load_model(model, pretrained, model_config, device)
         blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
+        if shots:
+            counts = Counter(dataset.targets)
+            short = [f"{dataset.classes[c]} ({n})" for c, n in sorted(counts.items()) if n < shots]
+            if short:
+                console.print(f"clipzs: fewer than {shots} images, all used: {', '.join(short)}")
         trained, result, skipped = train_classifier(
             zsc, dataset, labels, shots=shots, seed=seed, blend_templates=blend_templates, use_cache=not no_cache
         )

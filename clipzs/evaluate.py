@@ -49,9 +49,7 @@ def load_dataset(root: Path) -> Dataset:
         raise UsageError(f"{root} does not exist")
     classes = sorted({label for _, label in pairs})
     if len(classes) < 2:
-        raise UsageError(
-            f"{root} holds {len(classes)} class{'es' if not classes else ''}: evaluation needs two or more"
-        )
+        raise UsageError(f"{root} holds {len(classes)} class{'es' if not classes else ''}: it needs two or more")
     index = {name: i for i, name in enumerate(classes)}
     return Dataset([path for path, _ in pairs], [index[label] for _, label in pairs], classes)
 

@@ -267,7 +267,7 @@ def load_model(
         preprocess=preprocess,
         tokenizer=tokenizer,
         name=name,
-        pretrained=pretrained,
+        pretrained=checkpoint if Path(pretrained).expanduser().is_file() else pretrained,  # files: absolute
         fingerprint=fingerprint,
         device=torch_device,
         model_config=str(config_path.resolve()) if config_path else None,
@@ -340,7 +340,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
 
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return str(path), f"sha256:{file_sha256(path)}", {}
+        return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
         _require_network(name, _hub_endpoint())
         return "", name, {}

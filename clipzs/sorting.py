@@ -7,6 +7,7 @@ manifest that covers everything it did, and ``undo`` skips the steps that never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clipzs.errors import UsageError
-from clipzs.prediction import Prediction
+from clipzs.prediction import SCORE_DIGITS, Prediction
 
 MODES = ("copy", "move", "link")
 UNSORTED = "unsorted"
@@ -49,7 +50,7 @@ def plan(predictions: Iterable[Prediction], dest: Path, mode: str, min_score: fl
         folder = folder_name(prediction.label) if prediction.score >= min_score else UNSORTED
         target = _free_name(dest / folder / Path(prediction.path).name, taken)
         taken.add(target)
-        yield Step(prediction.path, str(target), prediction.label, prediction.score, mode)
+        yield Step(prediction.path, str(target), prediction.label, round(prediction.score, SCORE_DIGITS), mode)
 
 
 def _free_name(path: Path, taken: set[Path]) -> Path:
@@ -102,12 +103,14 @@ def read_manifest(manifest: Path) -> list[Step]:
 
 
 def undo(manifest: Path) -> Iterator[tuple[Step, str]]:
-    """Reverse a sort, last step first: moved files go back, copies and links are removed. Yields each step
-    with what was done ('restored', 'removed', or why it was left alone); nothing is ever overwritten."""
+    """Reverse a sort, last step first: moved files go back, copies and links are removed, label folders left
+    empty are removed. Yields each step with what was done ('restored', 'removed', or why it was left alone);
+    nothing is ever overwritten."""
     for step in reversed(read_manifest(manifest)):
         source, destination = Path(step.source), Path(step.destination)
         if not os.path.lexists(destination):
-            yield step, "not there (the sort stopped before it)"
+            back = step.mode != "move" or os.path.lexists(source)
+            yield step, "already undone" if back else "not there (the sort stopped before it)"
         elif step.mode == "move":
             if os.path.lexists(source):
                 yield step, "left: the source path is taken again"
@@ -118,3 +121,5 @@ def undo(manifest: Path) -> Iterator[tuple[Step, str]]:
         else:
             destination.unlink()
             yield step, "removed"
+        with contextlib.suppress(OSError):  # only succeeds for a label folder now empty
+            destination.parent.rmdir()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from clipzs.classifier import Classifier
@@ -133,3 +134,16 @@ def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path)
     assert runs["4-shot probe"]["top1"] >= max(0.85, runs["simple"]["top1"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli("eval", str(data), "--shots", "2,x", *tiny_clip.args)[0] == EXIT_USAGE
+
+
+def test_a_probe_file_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built with relative model paths, the file still names the model absolutely."""
+    repo = Path(__file__).resolve().parent.parent
+    train = unseen_tree(tmp_path / "train", per_class=3, seed=9)
+    probe = tmp_path / "probe.clf"
+    monkeypatch.chdir(repo)
+    relative = ["--model-config", "tests/tinyclip/tiny-clip.json", "-p", "tests/tinyclip/tiny-clip.safetensors"]
+    assert cli("probe", "fit", str(train), "-o", str(probe), *relative, "--device", "cpu")[0] == EXIT_OK
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli("classify", str(train / "alpha"), "-c", str(probe), "--device", "cpu")
+    assert code == EXIT_OK and len(jsonl(stdout)) == 3

@@ -127,3 +127,13 @@ def test_sort_usage_errors(tmp_path: Path) -> None:
     assert code == EXIT_USAGE and "unknown mode" in stderr
     assert sort("--undo", str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
     assert folder_name("cats/dogs: a?") == "cats_dogs_ a_"
+
+
+def test_undo_twice_and_folders_left_tidy(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    photo_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    sort(str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args)
+    assert sort("--undo", str(dest / "clipzs-manifest.jsonl"))[0] == EXIT_OK
+    assert sorted(p.name for p in dest.iterdir()) == ["clipzs-manifest.jsonl"]  # empty label folders removed
+    code, _, stderr = sort("--undo", str(dest / "clipzs-manifest.jsonl"))
+    assert code == EXIT_OK and "6 already undone" in stderr and stderr.count("\n") == 1
