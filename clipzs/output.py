@@ -49,7 +49,7 @@ def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> W
 
 
 def written_paths(path: Path, fmt: str) -> set[str]:
-    """The paths an earlier run wrote to this JSON Lines or CSV output, for --resume.
+    """The paths an earlier run wrote to this JSON Lines, CSV or Parquet output, for --resume.
 
     A run killed mid-write may leave its last line cut short: the file is truncated to its last whole line
     first, so that the lines appended next are whole too.
