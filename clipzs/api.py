@@ -190,7 +190,7 @@ class ZeroShotClassifier:
             device_decode=device_decode,
         )
         for group in _batched(encoded, DEFAULT_BATCH_SIZE):
-            yield from self._predict(group, top_k)
+            yield from self.predict(group, top_k)
 
     def encode_paths(
         self,
@@ -296,7 +296,7 @@ class ZeroShotClassifier:
             for path, _, x in items
         ]
 
-    def _predict(self, items: Sequence[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
+    def predict(self, items: Sequence[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
         """Score features against the classifier: top-k labels per readable image, the error otherwise."""
         assert self.classifier is not None
         features = [x for _, x in items if isinstance(x, torch.Tensor)]

@@ -22,6 +22,14 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Prediction:
+        """The inverse of ``to_dict`` (scores as rounded there)."""
+        if "error" in record:
+            return cls(record["path"], error=record["error"])
+        top = tuple((entry["label"], entry["score"]) for entry in record["top_k"])
+        return cls(record["path"], record["label"], record["score"], top)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON Lines record: {path, label, score, top_k: [{label, score}]} or {path, error}."""
         if self.error is not None:

@@ -61,21 +61,15 @@ class _Scorer:
         self.top_k = top_k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from clipzs import scoring
+        from clipzs.errors import ImageError
 
         ok = [i for i, error in enumerate(batch["error"]) if not error]
-        records = [
-            json.dumps({"path": str(path), "error": str(error)})
+        features = iter(self.zsc.model.encode_prepared([batch["pixels"][i] for i in ok]) if ok else ())
+        items = [
+            (Path(path), ImageError(str(error)) if error else next(features))
             for path, error in zip(batch["path"], batch["error"], strict=True)
         ]
-        if ok:
-            features = self.zsc.model.encode_prepared([batch["pixels"][i] for i in ok])
-            values, indices = (t.tolist() for t in scoring.top_k(self.zsc.probabilities(features), self.top_k))
-            names = self.zsc.classifier.names  # type: ignore[union-attr]
-            for row, i in enumerate(ok):
-                top = tuple((names[j], v) for j, v in zip(indices[row], values[row], strict=True))
-                prediction = Prediction(str(batch["path"][i]), top[0][0], top[0][1], top)
-                records[i] = json.dumps(prediction.to_dict())
+        records = [json.dumps(p.to_dict()) for p in self.zsc.predict(items, self.top_k)]
         return {"record": np.array(records, dtype=object)}
 
 
@@ -124,9 +118,4 @@ def classify_on_ray(
         },
     )
     for row in scored.iter_rows():
-        record = json.loads(row["record"])
-        if "error" in record:
-            yield Prediction(record["path"], error=record["error"])
-        else:
-            top = tuple((e["label"], e["score"]) for e in record["top_k"])
-            yield Prediction(record["path"], record["label"], record["score"], top)
+        yield Prediction.from_dict(json.loads(row["record"]))
