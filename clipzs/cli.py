@@ -158,7 +158,7 @@ def classify(
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
-    from clipzs.output import ParquetWriter, choose_format, make_writer, printable, written_paths
+    from clipzs.output import ParquetWriter, choose_format, make_writer, written_paths
 
     with _errors() as console:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
@@ -212,7 +212,7 @@ def classify(
                         writer.write(prediction)
                         if prediction.error is not None:
                             skipped += 1
-                            console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                            _report_skipped(console, prediction.path, prediction.error)
                         advance()
             finally:
                 writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
@@ -322,7 +322,7 @@ def evaluate(
         plot_confusion,
         plot_few_shot,
     )
-    from clipzs.output import printable, render_eval
+    from clipzs.output import render_eval
     from clipzs.prompts import labels_from_file, load_templates
 
     with _errors() as console:
@@ -353,7 +353,7 @@ def evaluate(
             run, skipped = evaluate_classifier(zsc, dataset, Path(file).name, use_cache=not no_cache)
             runs.append(run)
         for path, reason in skipped:
-            console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
+            _report_skipped(console, str(path), reason)
         render_eval(runs, dataset.classes, sys.stdout, fmt)
         if plot is not None and shot_counts:
             plot_few_shot(runs, plot)
@@ -419,7 +419,7 @@ def sort_images(
             for prediction in predictions:
                 if prediction.error is not None:
                     skipped += 1
-                    console.print(f"clipzs: skipped {printable(prediction.path)}: {prediction.error}")
+                    _report_skipped(console, prediction.path, prediction.error)
                 yield prediction
 
         steps = sorting.plan(readable(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
@@ -466,7 +466,6 @@ def probe_fit(
 ) -> None:
     """Fit an L2-regularised logistic regression on the images' features (strength chosen on held-out images)."""
     from clipzs.evaluate import class_labels, load_dataset
-    from clipzs.output import printable
     from clipzs.probe import train_classifier
     from clipzs.prompts import labels_from_file
 
@@ -484,7 +483,7 @@ def probe_fit(
             zsc, dataset, labels, shots=shots, seed=seed, blend_templates=blend_templates, use_cache=not no_cache
         )
         for path, reason in skipped:
-            console.print(f"clipzs: skipped {printable(str(path))}: {reason}")
+            _report_skipped(console, str(path), reason)
         trained.save(output)
         held = f", held-out accuracy {result.held_out_accuracy:.1%}" if result.held_out_accuracy is not None else ""
         mix = f", zero-shot weight {result.alpha}" if result.alpha is not None else ""
@@ -607,6 +606,13 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[Label, ...]:
     if (labels is None) == (labels_file is None):
         raise UsageError("give the classes with exactly one of --labels 'cat,dog', --labels-file FILE or --classifier")
     return labels_from_option(labels) if labels is not None else labels_from_file(labels_file)  # type: ignore[arg-type]
+
+
+def _report_skipped(console: Console, path: str, reason: str) -> None:
+    """The one-line warning for an input that could not be read (its record says so too)."""
+    from clipzs.output import printable
+
+    console.print(f"clipzs: skipped {printable(path)}: {reason}")
 
 
 @contextlib.contextmanager

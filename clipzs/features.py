@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,13 @@ class FileKey:
     def of(cls, path: Path) -> FileKey | None:
         """The key of an existing regular file, or None (the decoder will report why it cannot be read)."""
         try:
-            stat = os.stat(path)
+            status = os.stat(path)
             resolved = os.path.realpath(path)
         except (OSError, ValueError):
             return None
-        if not os.path.isfile(resolved):
+        if not stat.S_ISREG(status.st_mode):
             return None
-        return cls(resolved, stat.st_size, stat.st_mtime_ns)
+        return cls(resolved, status.st_size, status.st_mtime_ns)
 
 
 class FeatureCache:
