@@ -348,10 +348,10 @@ class Bench:
         loaded.encode_images(batch)
         t_fp32 = median_seconds(lambda: loaded.encode_images(batch), self.args.repeats)
         fp32 = loaded.encode_images(batch)
-        quantize_int8(loaded)
-        loaded.encode_images(batch)
-        t_int8 = median_seconds(lambda: loaded.encode_images(batch), self.args.repeats)
-        cos = torch.nn.functional.cosine_similarity(fp32, loaded.encode_images(batch)).min().item()
+        int8 = quantize_int8(loaded)
+        int8.encode_images(batch)
+        t_int8 = median_seconds(lambda: int8.encode_images(batch), self.args.repeats)
+        cos = torch.nn.functional.cosine_similarity(fp32, int8.encode_images(batch)).min().item()
         self.row(
             f"{model_name} int8 (dynamic) image encoder",
             f"{len(batch) / t_int8:.1f} img/s",
@@ -388,7 +388,7 @@ def tiny_clip_int8_agreement(per_class: int = 20) -> float:
         )
         zsc.build(CLASSES, "simple", use_cache=False)
         fp32 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
-        quantize_int8(zsc.model)
+        zsc.model = quantize_int8(zsc.model)
         int8 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
     return sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(paths)
 

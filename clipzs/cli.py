@@ -192,7 +192,7 @@ def classify(
         if int8:
             from clipzs.model import quantize_int8
 
-            quantize_int8(zsc.model)
+            zsc.model = quantize_int8(zsc.model)
         skipped = 0
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = (
