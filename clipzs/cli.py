@@ -545,6 +545,60 @@ def models(
             typer.echo(f"{model_name}\t{tag}{default}")
 
 
+@app.command()
+def serve(
+    idle: Annotated[float, typer.Option("--idle", min=1, help="Stop after this many minutes without a command.")] = 30,
+    models: Annotated[int, typer.Option("--models", min=1, help="How many models to keep loaded.")] = 2,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it listens.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the running server.")] = False,
+) -> None:
+    """Keep models loaded for later commands, which then skip the seconds of start-up (torch, model).
+
+    While it runs, classify, build-classifier, eval, probe and sort are handed to it and give the same output
+    and exit status; CLIPZS_NO_SERVER=1 runs a command in its own process.
+    """
+    from clipzs import server
+
+    with _errors() as console:
+        if stop:
+            stopped = server.stop()
+            console.print("clipzs: server stopped" if stopped else "clipzs: no server was running")
+            return
+        if detach:
+            _detach(console, idle, models)
+            return
+        try:
+            server.serve(idle * 60, models)
+        except (OSError, RuntimeError) as e:
+            raise UsageError(str(e)) from e
+
+
+def _detach(console: Console, idle: float, models: int) -> None:
+    """Start ``clipzs serve`` in its own session, logging to the cache directory, and wait until it listens."""
+    import subprocess
+
+    from clipzs import server
+    from clipzs.cache import cache_dir
+
+    if server.wait_until_listening(0):
+        raise UsageError(f"a clipzs server is already listening on {server.socket_path()}")
+    log_path = cache_dir() / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clipzs", "serve", "--idle", str(idle), "--models", str(models)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
+        )
+    while process.poll() is None and not server.wait_until_listening(0.2):
+        pass
+    if process.poll() is not None:
+        raise UsageError(f"the server did not start; see {log_path}")
+    console.print(f"clipzs: server {process.pid} listening on {server.socket_path()}; log: {log_path}")
+
+
 def _load_model(
     model: str | None, pretrained: str | None, model_config: Path | None, device: str
 ) -> ZeroShotClassifier:
@@ -630,8 +684,8 @@ def _errors() -> Iterator[Console]:
         console.print("clipzs: interrupted")
         raise typer.Exit(130) from None
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as `yes | head` does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # (a clipzs server's client streams have no file)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
@@ -668,5 +722,10 @@ def _progress(console: Console, total: int, quiet: bool) -> Iterator[Callable[[]
 
 
 def main() -> None:
-    """Entry point of the `clipzs` command."""
+    """Entry point of the `clipzs` command: run on the resident server when one listens, else here."""
+    from clipzs.server import forward
+
+    code = forward(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     app()

@@ -1,0 +1,173 @@
+"""clipzs serve: commands handed to a resident server give what their own process gives, and it stays up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clipzs import server
+from clipzs.errors import EXIT_SKIPPED
+from tests.conftest import ModelFiles, jsonl
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="the server listens on a Unix socket")
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+def clipzs(
+    *args: str, stdin: bytes = b"", cwd: Path | None = None, local: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, **({"CLIPZS_NO_SERVER": "1"} if local else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "clipzs", *args], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def start_server(tmp_path: Path) -> Server:
+    log = tmp_path / "server.log"
+    with open(log, "wb") as f:
+        process = subprocess.Popen([sys.executable, "-m", "clipzs", "serve", "--idle", "5"], stdout=f, stderr=f)
+    if not server.wait_until_listening(60):
+        process.kill()
+        pytest.fail(f"the server did not start: {log.read_text()}")
+    return Server(process, log)
+
+
+@pytest.fixture
+def resident(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(tmp_path)
+    yield running
+    server.stop()
+    try:
+        running.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        raise
+
+
+@pytest.fixture
+def folder(photos: list[Path], tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for photo in photos[:4]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    return folder
+
+
+def served(resident: Server) -> list[str]:
+    return [line for line in resident.log_lines() if " -> exit " in line]
+
+
+def test_a_served_command_gives_what_its_own_process_gives(
+    resident: Server, tiny_clip: ModelFiles, folder: Path
+) -> None:
+    args = ["classify", str(folder), "-l", "circle,square,triangle", "-f", "jsonl", *tiny_clip.args]
+    own = clipzs(*args, local=True)
+    first, second = clipzs(*args), clipzs(*args)
+    assert own.returncode == first.returncode == second.returncode == EXIT_SKIPPED
+    assert first.stdout == second.stdout == own.stdout
+    assert first.stderr == second.stderr == own.stderr
+    assert b"skipped" in first.stderr
+    assert len(served(resident)) == 2
+    assert sum("loaded tiny-clip" in line for line in resident.log_lines()) == 1  # kept loaded
+
+
+def test_paths_on_stdin_and_relative_output_are_the_clients(
+    resident: Server, tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    names = b"\n".join(p.name.encode() for p in sorted(folder.iterdir()))
+    args = ["classify", "-", "-l", "circle,square", "-o", "out.jsonl", *tiny_clip.args]
+    result = clipzs(*args, stdin=names, cwd=folder)
+    assert result.returncode == EXIT_SKIPPED, result.stderr
+    (folder / "served.jsonl").write_bytes((folder / "out.jsonl").read_bytes())
+    clipzs(*args, stdin=names, cwd=folder, local=True)
+    assert (folder / "served.jsonl").read_text() == (folder / "out.jsonl").read_text()
+    assert [r["path"] for r in jsonl((folder / "out.jsonl").read_text())] == [n.decode() for n in names.split()]
+    assert len(served(resident)) == 1
+
+
+def test_usage_errors_come_back_with_their_status(resident: Server, tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    result = clipzs("classify", str(tmp_path / "nowhere"), "-l", "a,b", *tiny_clip.args)
+    assert result.returncode == 2
+    assert b"no images found" in result.stderr and b"Traceback" not in result.stderr
+    assert len(served(resident)) == 1
+
+
+def test_a_changed_checkpoint_is_loaded_again(
+    resident: Server, tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "weights.safetensors"
+    shutil.copy(tiny_clip.checkpoint, checkpoint)
+    args = ["classify", str(folder / "broken.jpg"), "-l", "a,b", "--model-config", str(tiny_clip.config)]
+    clipzs(*args, "-p", str(checkpoint))
+    clipzs(*args, "-p", str(checkpoint))
+    os.utime(checkpoint, ns=(time.time_ns(), time.time_ns() + 10**9))
+    clipzs(*args, "-p", str(checkpoint))
+    assert sum("loaded tiny-clip" in line for line in resident.log_lines()) == 2
+
+
+def test_int8_leaves_the_resident_model_as_it_was(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    args = ["classify", str(folder), "-l", "circle,square,triangle", "-f", "jsonl", *tiny_clip.args]
+    int8 = clipzs(*args, "--int8")
+    fp32 = clipzs(*args)
+    own = clipzs(*args, local=True)
+    assert fp32.stdout == own.stdout
+    assert int8.stdout != own.stdout  # the int8 request did run in int8
+    assert len(served(resident)) == 2
+
+
+def test_a_client_that_hangs_up_does_not_stop_the_server(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    args = ["classify", str(folder), "-l", "circle,square", "--no-cache", "-q", *tiny_clip.args]
+    header = json.dumps(
+        {"argv": args, "cwd": str(folder), "env": dict(os.environ), "stdout_tty": False, "stderr_tty": False}
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(server.socket_path()))
+        sock.sendall(struct.pack(">II", len(header), 0) + header.encode())
+    result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
+    assert result.returncode == EXIT_SKIPPED, result.stderr
+    assert len(jsonl(result.stdout.decode())) == 5
+    assert resident.process.poll() is None
+    assert len(served(resident)) == 2
+
+
+def test_a_dead_server_leaves_commands_running_here(tiny_clip: ModelFiles, folder: Path, tmp_path: Path) -> None:
+    running = start_server(tmp_path)
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait()
+    assert server.socket_path().exists()  # left behind
+    result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
+    assert result.returncode == EXIT_SKIPPED and len(jsonl(result.stdout.decode())) == 5
+    again = start_server(tmp_path)  # replaces the stale socket
+    assert server.stop()
+    again.process.wait(timeout=30)
+    assert not server.socket_path().exists()
+
+
+def test_one_server_per_cache_and_stop(resident: Server) -> None:
+    second = clipzs("serve")
+    assert second.returncode == 2 and b"already listening" in second.stderr
+    stopped = clipzs("serve", "--stop")
+    assert stopped.returncode == 0 and b"server stopped" in stopped.stderr
+    resident.process.wait(timeout=30)
+    assert clipzs("serve", "--stop").stderr.startswith(b"clipzs: no server was running")
