@@ -64,6 +64,24 @@ def test_geometry_matches_the_pil_preprocess(tiny: ZeroShotClassifier, photos: l
         assert (got - expected).abs().mean().item() < 3  # same filter, other code: a few levels at most
 
 
+def test_images_of_one_size_are_resized_together_with_the_same_result(photos: list[Path]) -> None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from clipzs.device_decode import JpegBytes, decode_batch
+
+    jpegs = [JpegBytes(p, torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)) for p in photos]
+    decoded = [decode_jpeg(j.data, mode=ImageReadMode.RGB) for j in jpegs]
+    mixed = [decoded[0], decoded[1], decoded[0].flip(-1), decoded[2], decoded[1]]  # sizes repeat, out of order
+    assert len({tuple(x.shape) for x in mixed}) < len(mixed)
+    geometry = DeviceGeometry(64)
+    one_by_one = [geometry.apply(image) for image in mixed]
+    together = geometry.apply_many(mixed)
+    assert all(torch.equal(a, b) for a, b in zip(one_by_one, together, strict=True))
+    assert all(x.shape == (64, 64, 3) for x in together)
+    batch = decode_batch(jpegs[:3], torch.device("cpu"), geometry)
+    assert all(torch.equal(a, b) for a, b in zip(batch, [*one_by_one[:2], one_by_one[3]], strict=True))  # type: ignore[arg-type]
+
+
 def test_device_decoding_needs_the_usual_preprocess(tiny: ZeroShotClassifier) -> None:
     pixels = tiny.model.pixels
     tiny.model.pixels = None
