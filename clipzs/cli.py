@@ -590,6 +590,7 @@ def _detach(console: Console, idle: float, models: int) -> None:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            cwd=log_path.parent,  # not the caller's folder, which may go away; commands bring their own
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
     while process.poll() is None and not server.wait_until_listening(0.2):

@@ -67,6 +67,10 @@ def forward(argv: Sequence[str]) -> int | None:
             return None  # someone else's socket: never hand them this user's command
     except OSError:
         return None
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working folder is gone: let the command say so in its own process
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -75,11 +79,11 @@ def forward(argv: Sequence[str]) -> int | None:
         return None
     with sock:
         stdin = sys.stdin.buffer.read() if "-" in argv[1:] and sys.stdin is not None else b""
-        _send(sock, _request(list(argv), stdin))
+        _send(sock, _request(list(argv), stdin, cwd))
         return _relay(sock)
 
 
-def _request(argv: list[str], stdin: bytes) -> bytes:
+def _request(argv: list[str], stdin: bytes, cwd: str = "/") -> bytes:
     env = dict(os.environ)
     if sys.stdout.isatty() or sys.stderr.isatty():  # shells set these without exporting them
         columns, lines = shutil.get_terminal_size()
@@ -87,7 +91,7 @@ def _request(argv: list[str], stdin: bytes) -> bytes:
         env.setdefault("LINES", str(lines))
     header = {
         "argv": argv,
-        "cwd": os.getcwd(),
+        "cwd": cwd,
         "env": env,
         "stdout_tty": sys.stdout.isatty(),
         "stderr_tty": sys.stderr.isatty(),
@@ -258,9 +262,12 @@ def serve(idle_timeout: float, models: int) -> None:
                 return
             conn.settimeout(None)
             with conn:
-                if not _handle(conn, log):
-                    print("clipzs serve: stopped", file=log, flush=True)
-                    return
+                carry_on = _handle(conn, log)
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # ends the request's watch, which waits for the client
+            if not carry_on:
+                print("clipzs serve: stopped", file=log, flush=True)
+                return
     finally:
         signal.signal(signal.SIGTERM, previous)
         keep_loaded(0)
@@ -333,8 +340,10 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> int:
                     stream.flush()
     except KeyboardInterrupt:  # the client hung up just as the command ended
         code = 130
-    except Exception:  # noqa: BLE001 - the client's streams failed (it went away): nothing left to tell it
+    except Exception as e:  # noqa: BLE001 - e.g. the client's folder is gone, or so is the client
         code = 1
+        with contextlib.suppress(OSError, ValueError):
+            stderr.write(f"clipzs: error: the clipzs server could not run the command: {e}\n")
     finally:
         if watch is not None:
             watch.done()
