@@ -150,7 +150,8 @@ def classify(
         str, typer.Option("--engine", help="local, or ray: Ray Data on a cluster (RAY_ADDRESS) or a local instance.")
     ] = "local",
     workers: Annotated[
-        Optional[int], typer.Option("--workers", min=1, help="Ray: model actors. [default: one per GPU, else 1]")
+        Optional[int],
+        typer.Option("--workers", min=1, help="Ray: model actors. [default: one per GPU, else one per node]"),
     ] = None,
     int8: Annotated[
         bool, typer.Option("--int8", help="CPU: run the image encoder in int8 (faster, slightly different scores).")
@@ -196,14 +197,17 @@ def classify(
         skipped = 0
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = (
-                ParquetWriter(output)
+                _WrittenByRay()
+                if chosen == "parquet" and engine == "ray"
+                else ParquetWriter(output)
                 if chosen == "parquet" and output
                 else make_writer(chosen, stream, top_k, header=not appending)
             )
             try:
                 with _progress(console, len(paths), quiet) as advance:
                     if engine == "ray":
-                        predictions = _on_ray(zsc, paths, top_k, batch_size, workers)
+                        parts = output if chosen == "parquet" else None  # written by Ray's tasks
+                        predictions = _on_ray(zsc, paths, top_k, batch_size, workers, parts)
                     else:
                         predictions = zsc.classify_paths(
                             paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache
@@ -226,9 +230,15 @@ def classify(
 
 
 def _on_ray(
-    zsc: ZeroShotClassifier, paths: list[Path], top_k: int, batch_size: int | None, workers: int | None
+    zsc: ZeroShotClassifier,
+    paths: list[Path],
+    top_k: int,
+    batch_size: int | None,
+    workers: int | None,
+    parquet_folder: Path | None = None,
 ) -> Iterator[Prediction]:
-    """Hand the classification to Ray Data: the classifier travels as a file, the model by name and weights."""
+    """Hand the classification to Ray Data: the classifier travels as a file, the model by name and weights.
+    With ``parquet_folder``, Ray's tasks write the Parquet parts and the predictions carry only path and error."""
     import tempfile
 
     from clipzs.ray_engine import classify_on_ray
@@ -248,7 +258,18 @@ def _on_ray(
             top_k=top_k,
             batch_size=batch_size or 32,
             workers=workers,
+            parquet_folder=parquet_folder,
         )
+
+
+class _WrittenByRay:
+    """The writer for Parquet on Ray: Ray's tasks have written the results already."""
+
+    def write(self, prediction: Prediction) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @app.command("build-classifier")

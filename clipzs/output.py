@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from clipzs.errors import UsageError
 from clipzs.prediction import SCORE_DIGITS, Prediction
@@ -95,58 +95,25 @@ class ParquetWriter:
     at any moment leaves a valid dataset; the rows of an unfinished part are the ones a --resume redoes."""
 
     def __init__(self, folder: Path, rows_per_part: int = PARQUET_PART_ROWS) -> None:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as e:
-            raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"{folder} exists and is not a folder: Parquet output is a folder of parts")
-        folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.rows_per_part = rows_per_part
-        self.rows: list[dict[str, object]] = []
-        self.next_part = len(list(folder.glob("part-*.parquet")))
+        self.records: list[dict[str, Any]] = []
+        self.next_part = open_parquet_folder(folder)
 
     def write(self, prediction: Prediction) -> None:
-        record = prediction.to_dict()
-        self.rows.append(
-            {
-                "path": record["path"],
-                "label": record.get("label"),
-                "score": record.get("score"),
-                "error": record.get("error"),
-                "top_k": record.get("top_k", []),
-            }
-        )
-        if len(self.rows) >= self.rows_per_part:
+        self.records.append(prediction.to_dict())
+        if len(self.records) >= self.rows_per_part:
             self._flush()
 
     def close(self) -> None:
         self._flush()
 
     def _flush(self) -> None:
-        if not self.rows:
+        if not self.records:
             return
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from clipzs.cache import atomic_write
-
-        entry = pa.struct([("label", pa.string()), ("score", pa.float64())])
-        schema = pa.schema(
-            [
-                ("path", pa.string()),
-                ("label", pa.string()),
-                ("score", pa.float64()),
-                ("error", pa.string()),
-                ("top_k", pa.list_(entry)),
-            ]
-        )
-        table = pa.Table.from_pylist(self.rows, schema=schema)
-        part = self.folder / f"part-{self.next_part:05d}.parquet"
-        atomic_write(part, lambda tmp: pq.write_table(table, tmp))
+        write_parquet_part(self.folder / f"part-{self.next_part:05d}.parquet", self.records)
         self.next_part += 1
-        self.rows = []
+        self.records = []
 
     @staticmethod
     def written_paths(folder: Path) -> set[str]:
@@ -154,6 +121,41 @@ class ParquetWriter:
 
         parts = sorted(folder.glob("part-*.parquet"))
         return {path for part in parts for path in pq.read_table(part, columns=["path"]).column("path").to_pylist()}
+
+
+def open_parquet_folder(folder: Path) -> int:
+    """Check that Parquet can be written to ``folder`` and make it; the number of parts already there."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:
+        raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} exists and is not a folder: Parquet output is a folder of parts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return len(list(folder.glob("part-*.parquet")))
+
+
+def write_parquet_part(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write JSON Lines records (``Prediction.to_dict``) as one Parquet part, whole, renamed into place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipzs.cache import atomic_write
+
+    entry = pa.struct([("label", pa.string()), ("score", pa.float64())])
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("score", pa.float64()),
+            ("error", pa.string()),
+            ("top_k", pa.list_(entry)),
+        ]
+    )
+    columns = ("path", "label", "score", "error")
+    rows = [{**{c: r.get(c) for c in columns}, "top_k": r.get("top_k", [])} for r in records]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class CsvWriter:

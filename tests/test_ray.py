@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from clipzs import ray_engine
 from clipzs.cli import app
 from clipzs.errors import EXIT_SKIPPED
+from clipzs.ray_engine import TASK_CPUS, ActorPlan, plan_actors
 from tests.conftest import ModelFiles, jsonl
 
 ray = pytest.importorskip("ray")
@@ -27,11 +30,7 @@ def _local_ray() -> Iterator[None]:
 def test_ray_engine_equals_the_local_engine(
     rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, workers: str
 ) -> None:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for photo in photos:
-        shutil.copy(photo, folder / photo.name)
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    folder = _folder(photos, tmp_path)
     args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-k", "3", "-b", "3", "-f", "jsonl", *rand_clip.args]
     local = CliRunner().invoke(app, [*args, "--no-cache"])
     on_ray = CliRunner().invoke(app, [*args, "--engine", "ray", "--workers", workers])
@@ -43,3 +42,93 @@ def test_ray_engine_equals_the_local_engine(
         if "top_k" in a:
             assert [e["score"] for e in a["top_k"]] == pytest.approx([e["score"] for e in b["top_k"]], abs=1e-5)
     assert "skipped" in on_ray.stderr and "INFO" not in on_ray.stderr
+
+
+def _folder(photos: list[Path], tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("nodes", "workers", "expected"),
+    [
+        ([{"CPU": 2}], None, ActorPlan(1, 1.5, 0.0, 2)),  # one actor using both cores, room for two tasks
+        ([{"CPU": 2}], 2, ActorPlan(2, 0.75, 0.0, 1)),  # two actors on 2 cores: a thread each, not two
+        ([{"CPU": 16}, {"CPU": 16}], None, ActorPlan(2, 14.0, 0.0, 14)),  # one per node, an eighth for tasks
+        ([{"CPU": 8}, {"CPU": 8}], 3, ActorPlan(3, 3.5, 0.0, 4)),  # two on a node: each gets half its room
+        ([{"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 2}], None, ActorPlan(4, 1.0, 1.0, None)),  # one per GPU
+        ([{"CPU": 8, "GPU": 2}], 3, ActorPlan(3, 1.0, 0.5, None)),  # more actors than GPUs: they share
+        ([{"CPU": 0}], None, ActorPlan(1, 1.0, 0.0, 1)),  # no workers yet (autoscaling): a slot each
+    ],
+)
+def test_actor_plan(nodes: list[dict[str, float]], workers: int | None, expected: ActorPlan) -> None:
+    assert plan_actors(nodes, workers) == expected
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8, 16, 64])
+@pytest.mark.parametrize("workers", [1, 2, 3, 5, 8])
+def test_the_actors_always_leave_room_for_a_task(cpus: int, workers: int) -> None:
+    """Actors holding every CPU slot while decode tasks wait for one would never finish."""
+    plan = plan_actors([{"CPU": cpus}], workers)
+    assert plan.actors == workers and 0 < plan.num_cpus != TASK_CPUS
+    assert workers * plan.num_cpus + TASK_CPUS <= cpus
+    assert plan.threads is not None and plan.threads <= max(1, cpus)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decoding_runs_in_tasks_of_its_own(workers: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray Data must not fuse the decode step into the actors (``MapBatches(_decode)->MapBatches(_Scorer)``)."""
+    dataset = ray_engine.build_dataset(
+        [Path("a.jpg")],
+        plan=plan_actors([{"CPU": 2}], workers),
+        model={},
+        classifier=b"",
+        geometry=None,
+        draft_size=None,
+        top_k=1,
+        batch_size=4,
+    )
+    capsys.readouterr()
+    dataset.explain()  # the plans, without running them
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(_Scorer)]" in optimized, optimized
+    assert "TaskPoolMapOperator[MapBatches(_decode)]" in optimized
+
+
+def test_ray_writes_the_parquet_parts_itself(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts written by Ray's tasks: the local engine's schema and rows, in input order across parts, whole
+    files only; --resume redoes exactly the rows of a lost part."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(ray_engine, "PARQUET_PART_ROWS", 3)
+    folder = _folder(photos, tmp_path)
+    args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-k", "3", "-b", "2", *rand_clip.args]
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    done = CliRunner().invoke(app, [*args, "--no-cache", "-o", str(local)])
+    result = CliRunner().invoke(app, [*args, "--engine", "ray", "--workers", "2", "-o", str(on_ray)])
+    assert done.exit_code == result.exit_code == EXIT_SKIPPED, result.output
+    assert "broken.jpg" in result.stderr and "scored" in result.stderr
+    parts = sorted(on_ray.iterdir())
+    assert len(parts) >= 3 and all(re.fullmatch(r"part-00000-\d{9}\.parquet", p.name) for p in parts)
+    assert all(pq.read_metadata(p).num_rows <= 3 for p in parts)
+    expected, got = pq.read_table(local), pq.read_table(on_ray)  # parts in name order
+    assert got.schema == expected.schema == pq.read_schema(parts[0])
+    assert got.column("path").to_pylist() == expected.column("path").to_pylist()
+    for column in ("label", "error"):
+        assert got.column(column).to_pylist() == expected.column(column).to_pylist()
+    assert got.column("score").to_pylist() == pytest.approx(expected.column("score").to_pylist(), abs=1e-5)
+
+    parts[1].unlink()  # as if the run had stopped before this part was in place
+    lost = set(expected.column("path").to_pylist()) - set(pq.read_table(on_ray).column("path").to_pylist())
+    resumed = CliRunner().invoke(app, [*args, "--engine", "ray", "-o", str(on_ray), "--resume"])
+    assert resumed.exit_code in (0, EXIT_SKIPPED), resumed.output
+    assert f"{len(lost)} to go" in resumed.stderr
+    new = [p for p in on_ray.iterdir() if p.name.startswith(f"part-{len(parts) - 1:05d}-")]
+    assert {path for p in new for path in pq.read_table(p).column("path").to_pylist()} == lost
+    assert sorted(pq.read_table(on_ray).column("path").to_pylist()) == sorted(expected.column("path").to_pylist())
