@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -45,11 +44,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-@functools.cache
+_known_umask: int | None = None
+
+
+def remember_umask(mask: int) -> None:
+    """Set the umask that new files get, as this process knows it (``clipzs serve`` runs each command under
+    its client's umask)."""
+    global _known_umask
+    _known_umask = mask
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read once: reading it means setting it, which must not race with other threads."""
+    global _known_umask
+    if _known_umask is None:
+        _known_umask = os.umask(0)
+        os.umask(_known_umask)
+    return _known_umask
 
 
 def key_of(fields: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -582,8 +581,7 @@ def serve(
 
     with _errors() as console:
         if stop:
-            stopped = server.stop()
-            console.print("clipzs: server stopped" if stopped else "clipzs: no server was running")
+            console.print(f"clipzs: server {server.stop() or 'was not running'}")
             return
         if detach:
             _detach(console, idle, models)
@@ -706,8 +704,9 @@ def _errors() -> Iterator[Console]:
         console.print("clipzs: interrupted")
         raise typer.Exit(130) from None
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as `yes | head` does
-        with contextlib.suppress(OSError, ValueError):  # (a clipzs server's client streams have no file)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from clipzs.output import silence
+
+        silence(sys.stdout)
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 

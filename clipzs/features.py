@@ -39,6 +39,10 @@ class FileKey:
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
+        try:
+            resolved.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
+            return None
         return cls(resolved, status.st_size, status.st_mtime_ns)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -252,6 +254,15 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
 def _fixed(score: float | None) -> str:
     """A score in fixed notation (0.000010, not 1e-05), as spreadsheets and people read it."""
     return "" if score is None else f"{score:.{SCORE_DIGITS}f}"
+
+
+def silence(stream: IO[str]) -> None:
+    """Point a stream whose reader went away (``| head``) at /dev/null, so that exiting does not complain."""
+    with contextlib.suppress(OSError, ValueError):  # (a stream with no file, as a clipzs server's are)
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def printable(text: str) -> str:

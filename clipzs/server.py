@@ -3,16 +3,19 @@
 Each ``clipzs`` process spends seconds before its first image: importing torch and open_clip and loading the
 model (about 5 s for a ViT-B/32 on a small CPU), which is most of a command once image features are cached.
 While a server listens on this user's socket, ``classify``, ``build-classifier``, ``eval``, ``probe`` and
-``sort`` hand their arguments, working directory, environment and standard input to it and relay what it
-prints; output, files and exit status are what the command would give on its own. Without a server, or with
-``CLIPZS_NO_SERVER=1``, commands run in their own process as always.
+``sort`` hand their arguments, working directory, environment, umask and standard input to it and relay what
+it prints; output, files and exit status are what the command would give on its own.
 
-The socket lives in the cache directory (``CLIPZS_CACHE_DIR``), readable by its owner only, and is named after
-the clipzs version, so a server never runs commands for another version. One command runs at a time; others
-wait their turn. A client that goes away (Ctrl-C, a killed process) interrupts its command, as Ctrl-C does.
+A command runs in its own process instead (as it does without a server, or with ``CLIPZS_NO_SERVER=1``) when
+the server could not give the same result: it is busy with another command, it runs another Python
+environment or clipzs, the environment differs in what a process reads once at start-up (thread counts,
+visible GPUs, cache locations), or the command names a file of this process (``/dev/stdin``, ``<(...)``) or
+runs on Ray. So serving is never worse than not serving, only faster.
 
-This module is imported by every ``clipzs`` command before anything else: the client half stays free of
-torch, open_clip and Typer.
+The socket lives in the cache directory (``CLIPZS_CACHE_DIR``), is its owner's alone, and is named after the
+clipzs version. A client that goes away (Ctrl-C, a killed process) interrupts its command as Ctrl-C does.
+
+Every ``clipzs`` command imports this module first: the client half stays free of torch, open_clip and Typer.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from __future__ import annotations
 import _thread
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -40,11 +43,20 @@ from clipzs.config import CACHE_ENV
 FORWARDED = frozenset({"classify", "build-classifier", "eval", "probe", "sort"})
 """The commands that load a model, and so gain from a resident one."""
 NO_SERVER_ENV = "CLIPZS_NO_SERVER"
+PINNED_PREFIXES = ("OMP_", "MKL_", "CUDA_", "PYTORCH_", "TORCH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")
+PINNED_NAMES = ("TMPDIR", "XDG_CACHE_HOME", "PYTHONWARNINGS", "PYTHONPATH")
+"""Environment read once per process (by torch, the hub client, tempfile...): a client whose values differ
+from the server's runs its command itself."""
+READY_TIMEOUT_S = 1.0
+"""How long a client waits for the server to take its command before running it itself (the server is busy)."""
+REQUEST_TIMEOUT_S = 30.0
+"""How long the server waits for a request once it has said it is ready."""
 STOP = "stop"
 """A request that asks the server to exit."""
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 MAX_SOCKET_PATH = 100  # bytes; AF_UNIX paths are limited to 104 (macOS) or 108 (Linux)
 _HEADER = struct.Struct(">cI")  # frame kind, payload length
-_STDOUT, _STDERR, _EXIT = b"o", b"e", b"x"
+_READY, _STDOUT, _STDERR, _EXIT = b"r", b"o", b"e", b"x"
 
 
 def socket_path() -> Path:
@@ -54,50 +66,104 @@ def socket_path() -> Path:
     return cache_dir() / f"server-{__version__}.sock"
 
 
+def identity() -> dict[str, Any]:
+    """What must be the same in server and client for a command to run alike in both."""
+    pinned = {k: v for k, v in os.environ.items() if k.startswith(PINNED_PREFIXES) or k in PINNED_NAMES}
+    return {"prefix": sys.prefix, "package": str(Path(__file__).parent), "env": pinned}
+
+
 # -- the client: every clipzs command ------------------------------------------------------------------------
 
 
 def forward(argv: Sequence[str]) -> int | None:
-    """Run the command on the resident server when one is listening; its exit status, or None to run here."""
-    if not argv or argv[0] not in FORWARDED or os.environ.get(NO_SERVER_ENV) or not hasattr(socket, "AF_UNIX"):
-        return None
-    path = socket_path()
-    try:
-        if path.stat().st_uid != os.getuid():
-            return None  # someone else's socket: never hand them this user's command
-    except OSError:
+    """Run the command on the resident server when one can run it as this process would; its exit status,
+    or None to run it here."""
+    if not _servable(argv):
         return None
     try:
         cwd = os.getcwd()
     except OSError:  # the working folder is gone: let the command say so in its own process
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
-    except OSError:  # a server that died without removing its socket: run here
-        sock.close()
-        return None
+        with _connect(READY_TIMEOUT_S) as connected:
+            if connected is None:
+                return None
+            sock, server = connected
+            if server.get("identity") != identity():
+                return None  # another environment, or one it cannot switch to
+            stdin = sys.stdin.buffer.read() if "-" in argv[1:] else b""
+            sock.sendall(_request(list(argv), stdin, cwd))
+            return _relay(sock)
+    except KeyboardInterrupt:  # before the server had the command, or while relaying to a blocked stdout
+        print("clipzs: interrupted", file=sys.stderr)
+        return 130
+
+
+def _servable(argv: Sequence[str]) -> bool:
+    if not argv or argv[0] not in FORWARDED or os.environ.get(NO_SERVER_ENV) or not hasattr(socket, "AF_UNIX"):
+        return False
+    if any(arg.startswith(("/dev/", "/proc/")) or "/dev/fd/" in arg for arg in argv):
+        return False  # this process's own files (/dev/stdout, <(...)): the server's would be others
+    if "--engine=ray" in argv or ("--engine", "ray") in itertools.pairwise(argv):
+        return False  # Ray keeps its own processes; a server would keep a Ray instance for good
+    return not ("-" in argv[1:] and (sys.stdin is None or sys.stdin.isatty()))  # typed paths: read them here
+
+
+@contextlib.contextmanager
+def _connect(timeout: float) -> Iterator[tuple[socket.socket, dict[str, Any]] | None]:
+    """A connection the server has taken, with what it says of itself; None when there is no server of this
+    user, or it does not take the connection within ``timeout`` seconds."""
+    path = socket_path()
+    try:
+        if path.stat().st_uid != os.getuid():
+            yield None  # someone else's socket: never hand them this user's command
+            return
+    except OSError:
+        yield None
+        return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with sock:
-        stdin = sys.stdin.buffer.read() if "-" in argv[1:] and sys.stdin is not None else b""
-        _send(sock, _request(list(argv), stdin, cwd))
-        return _relay(sock)
+        try:
+            sock.connect(str(path))
+            sock.settimeout(timeout)
+            frame = _read_frame(sock)
+            sock.settimeout(None)
+        except OSError:  # no server (a stale socket), or a busy one
+            yield None
+            return
+        if frame is None or frame[0] != _READY:
+            yield None
+            return
+        yield sock, json.loads(frame[1])
 
 
-def _request(argv: list[str], stdin: bytes, cwd: str = "/") -> bytes:
+def _request(argv: list[str], stdin: bytes, cwd: str) -> bytes:
     env = dict(os.environ)
-    if sys.stdout.isatty() or sys.stderr.isatty():  # shells set these without exporting them
-        columns, lines = shutil.get_terminal_size()
-        env.setdefault("COLUMNS", str(columns))
-        env.setdefault("LINES", str(lines))
+    for fd in (0, 1, 2):  # the width rich would find: shells set COLUMNS without exporting it
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        env.setdefault("COLUMNS", str(size.columns))
+        env.setdefault("LINES", str(size.lines))
+        break
+    umask = os.umask(0o022)
+    os.umask(umask)
     header = {
         "argv": argv,
         "cwd": cwd,
         "env": env,
-        "stdout_tty": sys.stdout.isatty(),
-        "stderr_tty": sys.stderr.isatty(),
+        "umask": umask,
+        "streams": [_describe(sys.stdout), _describe(sys.stderr)],
     }
     blob = json.dumps(header).encode("utf-8")
     return struct.pack(">II", len(blob), len(stdin)) + blob + stdin
+
+
+def _describe(stream: TextIO | None) -> dict[str, Any]:
+    if stream is None:
+        return {"tty": False, "encoding": "utf-8", "errors": "strict"}
+    return {"tty": stream.isatty(), "encoding": stream.encoding, "errors": stream.errors or "strict"}
 
 
 def _relay(sock: socket.socket) -> int:
@@ -110,31 +176,27 @@ def _relay(sock: socket.socket) -> int:
     while True:
         try:
             frame = _read_frame(sock)
+            if frame is None:  # the server went away mid-command
+                print("clipzs: error: the clipzs server stopped during the command", file=sys.stderr)
+                return 1
+            kind, payload = frame
+            if kind == _EXIT:
+                return int(payload.decode())
+            stream = sys.stdout if kind == _STDOUT else sys.stderr
+            try:
+                stream.buffer.write(payload)
+                stream.flush()
+            except BrokenPipeError:  # the reader went away (| head): the server learns it as the socket closes
+                from clipzs.output import silence
+
+                silence(stream)
+                return 141
         except KeyboardInterrupt:
             if interrupted:
-                return 130
+                raise
             interrupted = True
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-            continue
-        if frame is None:  # the server went away mid-command
-            print("clipzs: error: the clipzs server stopped during the command", file=sys.stderr)
-            return 1
-        kind, payload = frame
-        if kind == _EXIT:
-            return int(payload.decode())
-        stream = sys.stdout if kind == _STDOUT else sys.stderr
-        try:
-            stream.buffer.write(payload)
-            stream.flush()
-        except BrokenPipeError:  # the reader went away (| head): the server learns it as the socket closes
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            return 141
-
-
-def _send(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(data)
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes | None:
@@ -157,7 +219,15 @@ def _read_frame(sock: socket.socket) -> tuple[bytes, bytes] | None:
     return None if payload is None else (kind, payload)
 
 
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
 # -- the server -----------------------------------------------------------------------------------------------
+
+
+class _Terminated(BaseException):
+    """SIGTERM: stop serving, telling a running command's client why."""
 
 
 class _Channel(io.RawIOBase):
@@ -181,15 +251,15 @@ class _Channel(io.RawIOBase):
         data = bytes(data)
         with self._lock:  # the progress bar writes from its own thread
             if self._sock is not None:
-                self._sock.sendall(_HEADER.pack(self.kind, len(data)) + data)
+                self._sock.sendall(_frame(self.kind, data))
         return len(data)
 
 
-def _text_stream(channel: _Channel) -> io.TextIOWrapper:
+def _text_stream(channel: _Channel, described: dict[str, Any]) -> io.TextIOWrapper:
     return io.TextIOWrapper(
         io.BufferedWriter(channel),
-        encoding="utf-8",
-        errors="surrogateescape" if channel.kind == _STDOUT else "backslashreplace",
+        encoding=described["encoding"],
+        errors=described["errors"],
         line_buffering=channel.isatty(),
         write_through=channel.kind == _STDERR,
     )
@@ -208,13 +278,21 @@ class _CurrentStderr(logging.StreamHandler):
 
 
 class _Watch:
-    """Interrupts the running command, as Ctrl-C would, when its client hangs up or stops reading."""
+    """Interrupts the running command, as Ctrl-C would, when its client hangs up."""
+
+    pending = False
+    """An interrupt was asked for and may not have arrived yet: Python delivers it at its next check, which
+    can fall after the command has ended. The server then drops it instead of stopping."""
 
     def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
         self._lock = threading.Lock()
         self._running = True
         self.interrupted = False
-        threading.Thread(target=self._watch, args=(sock,), daemon=True).start()
+        """Set before the interrupt is raised, so whoever catches it can tell it from the server's own Ctrl-C."""
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, args=(self._sock,), daemon=True).start()
 
     def _watch(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -222,7 +300,7 @@ class _Watch:
                 pass
         with self._lock:
             if self._running:
-                self.interrupted = True
+                self.interrupted = _Watch.pending = True
                 _thread.interrupt_main()
 
     def done(self) -> None:
@@ -230,17 +308,41 @@ class _Watch:
             self._running = False
 
 
+class _Registry:
+    """open_clip's table of model configs, which ``--model-config`` adds to: put back after each command, so
+    that a config one command registered (or its folder's other JSON files) is not known to the next."""
+
+    def __init__(self) -> None:
+        import open_clip.factory as factory
+
+        self.factory = factory
+        self.configs = dict(getattr(factory, "_MODEL_CONFIGS", {}))
+        self.paths = list(getattr(factory, "_MODEL_CONFIG_PATHS", []))
+
+    def restore(self) -> None:
+        if hasattr(self.factory, "_MODEL_CONFIGS"):
+            self.factory._MODEL_CONFIGS = dict(self.configs)
+        if hasattr(self.factory, "_MODEL_CONFIG_PATHS"):
+            self.factory._MODEL_CONFIG_PATHS[:] = self.paths
+
+
 def serve(idle_timeout: float, models: int) -> None:
-    """Listen on ``socket_path()`` and run commands one at a time until stopped or idle for ``idle_timeout``
-    seconds. Raises RuntimeError when another server already listens there."""
+    """Listen on ``socket_path()`` and run commands one at a time until stopped (``stop``, SIGTERM, Ctrl-C) or
+    idle for ``idle_timeout`` seconds. Raises RuntimeError when another server already listens there."""
+    import importlib
+
     from clipzs.model import keep_loaded
 
+    for module in ("clipzs.api", "open_clip"):  # imported once, before taking any command
+        importlib.import_module(module)
+    registry = _Registry()
     log = sys.stderr  # (commands get the client's own streams)
     path = socket_path()
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise OSError(f"the socket path {path} is too long for this system: set {CACHE_ENV} to a shorter folder")
     listener = _listen(path)
     keep_loaded(models)
+    me = json.dumps({"pid": os.getpid(), "identity": identity()}).encode("utf-8")
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("clipzs serve: %(message)s"))
     logger = logging.getLogger("clipzs")
@@ -250,24 +352,26 @@ def serve(idle_timeout: float, models: int) -> None:
     # Libraries log through the root logger (open_clip's warnings, say); its handler is made by the first call
     # and would keep the first client's stream. Make it now, writing to whichever client is current.
     logging.basicConfig(handlers=[_CurrentStderr()])
-    print(f"clipzs serve: listening on {path} (stops after {idle_timeout:.0f} s idle)", file=log, flush=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"clipzs serve: {os.getpid()} listening on {path} (stops after {idle_timeout:.0f} s idle)", file=log)
+    log.flush()
+
+    def terminate(*_: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         listener.settimeout(idle_timeout)
-        while True:
+        carry_on = True
+        while carry_on:
             try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                print("clipzs serve: idle, stopping", file=log, flush=True)
-                return
-            conn.settimeout(None)
-            with conn:
-                carry_on = _handle(conn, log)
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)  # ends the request's watch, which waits for the client
-            if not carry_on:
-                print("clipzs serve: stopped", file=log, flush=True)
-                return
+                carry_on = _take(listener, me, registry, log)
+            except KeyboardInterrupt:
+                if not _Watch.pending:
+                    raise  # Ctrl-C on the server itself
+                _Watch.pending = False  # a client's interrupt, delivered after its command had ended
+                registry.restore()
+    except _Terminated:
+        print("clipzs serve: terminated", file=log, flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
         keep_loaded(0)
@@ -275,6 +379,29 @@ def serve(idle_timeout: float, models: int) -> None:
         listener.close()
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _take(listener: socket.socket, me: bytes, registry: _Registry, log: TextIO) -> bool:
+    """Take the next connection and run its request; False when the server is to stop."""
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        print("clipzs serve: idle, stopping", file=log, flush=True)
+        return False
+    conn.settimeout(None)
+    with conn:
+        try:
+            carry_on = _handle(conn, me, log)
+        except Exception as e:  # noqa: BLE001 - a malformed request must not end the server
+            print(f"clipzs serve: bad request: {e!r}", file=log, flush=True)
+            carry_on = True
+        finally:
+            registry.restore()
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)  # ends the request's watch, which waits for the client
+    if not carry_on:
+        print("clipzs serve: stopped", file=log, flush=True)
+    return carry_on
 
 
 def _listen(path: Path) -> socket.socket:
@@ -294,45 +421,64 @@ def _listen(path: Path) -> socket.socket:
         listener.bind(str(path))
     finally:
         os.umask(old_mask)
-    listener.listen(16)
+    listener.listen(64)
     return listener
 
 
-def _handle(conn: socket.socket, log: TextIO) -> bool:
-    """Run one request; False when it asks the server to stop."""
-    sizes = _read_exact(conn, 8)
-    if sizes is None:
+def _handle(conn: socket.socket, me: bytes, log: TextIO) -> bool:
+    """Take one connection: say who this server is, then run its request; False when it asks to stop."""
+    try:
+        conn.sendall(_frame(_READY, me))
+        conn.settimeout(REQUEST_TIMEOUT_S)  # a client that connects and says nothing must not hold the server
+        sizes = _read_exact(conn, 8)
+        if sizes is None:  # the client declined (another environment) or gave up
+            return True
+        header_size, stdin_size = struct.unpack(">II", sizes)
+        header_blob = _read_exact(conn, header_size)
+        stdin = _read_exact(conn, stdin_size) if stdin_size else b""
+        conn.settimeout(None)
+    except OSError:  # a client that gave up waiting and ran its command itself, or that stalled
         return True
-    header_size, stdin_size = struct.unpack(">II", sizes)
-    header_blob = _read_exact(conn, header_size)
-    stdin = _read_exact(conn, stdin_size) if stdin_size else b""
     if header_blob is None or stdin is None:
         return True
-    request = json.loads(header_blob)
-    if request.get("argv") == [STOP]:
+    request = _checked(json.loads(header_blob))
+    if request["argv"] == [STOP]:
         with contextlib.suppress(OSError):
-            conn.sendall(_HEADER.pack(_EXIT, 1) + b"0")
+            conn.sendall(_frame(_EXIT, b"0"))
         return False
     started = time.perf_counter()
-    code = _run(conn, request, stdin)
+    code, interrupted = _run(conn, request, stdin)
+    if interrupted and code == 130:
+        _Watch.pending = False  # the command got it
     argv = " ".join(request["argv"])
     print(f"clipzs serve: {argv[:200]} -> exit {code} in {time.perf_counter() - started:.2f} s", file=log, flush=True)
+    if code == 130 and not interrupted:  # Ctrl-C on the server itself, not a client hanging up
+        raise KeyboardInterrupt
     return True
 
 
-def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> int:
-    """Run the command as the client's process would: its arguments, directory, environment and streams."""
+def _checked(request: Any) -> dict[str, Any]:
+    """The request, when it has every field with the right type; ValueError otherwise."""
+    fields = {"argv": list, "cwd": str, "env": dict, "umask": int, "streams": list}
+    if not isinstance(request, dict) or any(not isinstance(request.get(k), t) for k, t in fields.items()):
+        raise ValueError("a request lacks a field, or has one of the wrong type")
+    if len(request["streams"]) != 2 or not all(isinstance(s, dict) for s in request["streams"]):
+        raise ValueError("a request must describe two output streams")
+    return request
+
+
+def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[int, bool]:
+    """Run the command as the client's process would: its arguments, directory, environment and streams.
+    The exit status, and whether the client interrupted it."""
     lock = threading.Lock()
-    channels = [
-        _Channel(conn, _STDOUT, request["stdout_tty"], lock),
-        _Channel(conn, _STDERR, request["stderr_tty"], lock),
-    ]
-    stdout, stderr = (_text_stream(channel) for channel in channels)
+    out, err = request["streams"]
+    channels = [_Channel(conn, kind, bool(s.get("tty")), lock) for kind, s in ((_STDOUT, out), (_STDERR, err))]
+    stdout, stderr = _text_stream(channels[0], out), _text_stream(channels[1], err)
     code = 1
-    watch = None
+    watch = _Watch(conn)
     try:
         with _client_context(request, stdin, stdout, stderr):
-            watch = _Watch(conn)
+            watch.start()
             code = _invoke(request["argv"])
             watch.done()
             for stream in (stdout, stderr):
@@ -340,18 +486,23 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> int:
                     stream.flush()
     except KeyboardInterrupt:  # the client hung up just as the command ended
         code = 130
+    except _Terminated:
+        with contextlib.suppress(OSError, ValueError):
+            stderr.write("clipzs: error: the clipzs server was stopped during the command\n")
+            stderr.flush()
+            conn.sendall(_frame(_EXIT, str(EXIT_TERMINATED).encode()))
+        raise
     except Exception as e:  # noqa: BLE001 - e.g. the client's folder is gone, or so is the client
         code = 1
         with contextlib.suppress(OSError, ValueError):
             stderr.write(f"clipzs: error: the clipzs server could not run the command: {e}\n")
     finally:
-        if watch is not None:
-            watch.done()
+        watch.done()
         for channel in channels:
             channel.hang_up()
     with contextlib.suppress(OSError):
-        conn.sendall(_HEADER.pack(_EXIT, len(str(code))) + str(code).encode())
-    return code
+        conn.sendall(_frame(_EXIT, str(code).encode()))
+    return code, watch.interrupted
 
 
 def _invoke(argv: list[str]) -> int:
@@ -374,49 +525,75 @@ def _invoke(argv: list[str]) -> int:
 
 @contextlib.contextmanager
 def _client_context(request: dict[str, Any], stdin: bytes, stdout: Any, stderr: Any) -> Iterator[None]:
+    from clipzs import cache
+
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_streams = sys.stdin, sys.stdout, sys.stderr
+    saved_umask = os.umask(request["umask"])
     try:
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ.setdefault("COLUMNS", "80")  # what rich falls back to when no stream is a terminal
+        os.environ.setdefault("LINES", "25")
         os.chdir(request["cwd"])
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+        cache.remember_umask(request["umask"])
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8", errors="surrogateescape")
         sys.stdout, sys.stderr = stdout, stderr
         yield
     finally:
         sys.stdin, sys.stdout, sys.stderr = saved_streams
         os.chdir(saved_cwd)
+        os.umask(saved_umask)
+        cache.remember_umask(saved_umask)
         os.environ.clear()
         os.environ.update(saved_env)
 
 
-def stop() -> bool:
-    """Ask the server of this cache directory to stop; whether one was listening."""
-    if not hasattr(socket, "AF_UNIX"):
-        return False
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(socket_path()))
-    except OSError:
-        sock.close()
-        return False
-    with sock:
-        _send(sock, _request([STOP], b""))
-        _read_frame(sock)
-    return True
+def stop(timeout: float = 5.0) -> str | None:
+    """Stop the server of this cache directory: asked when it is free within ``timeout`` seconds, else with
+    SIGTERM (which interrupts its command). How it was stopped, or None when no server was listening."""
+    if not hasattr(socket, "AF_UNIX") or not socket_path().exists():
+        return None
+    pid = _server_pid()
+    with _connect(timeout) as connected:
+        if connected is not None:
+            sock, _ = connected
+            sock.sendall(_request([STOP], b"", "/"))
+            _read_frame(sock)
+            return "stopped"
+    if pid is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        return "stopped (it was running a command, which was interrupted)"
+    return None
+
+
+def _server_pid() -> int | None:
+    """The pid of the process listening on the socket, where the system tells (Linux), when it is this user's."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(socket_path()))
+            pid, uid, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+        except OSError:
+            return None
+    return pid if uid == os.getuid() else None
 
 
 def wait_until_listening(timeout: float) -> bool:
-    """Whether a server answers on the socket within ``timeout`` seconds (for ``serve --detach``)."""
+    """Whether a server answers on the socket within ``timeout`` seconds (0: look once)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(socket_path()))
-            return True
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
-    return False
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(socket_path()))
+                return True
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

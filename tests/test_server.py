@@ -136,19 +136,69 @@ def test_int8_leaves_the_resident_model_as_it_was(resident: Server, tiny_clip: M
     assert len(served(resident)) == 2
 
 
+def raw_client() -> socket.socket:
+    """A connection the server has taken (its ready frame read), that has sent nothing yet."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(server.socket_path()))
+    kind, size = struct.unpack(">cI", sock.recv(5, socket.MSG_WAITALL))
+    assert kind == b"r" and json.loads(sock.recv(size, socket.MSG_WAITALL))["identity"] == server.identity()
+    return sock
+
+
 def test_a_client_that_hangs_up_does_not_stop_the_server(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
     args = ["classify", str(folder), "-l", "circle,square", "--no-cache", "-q", *tiny_clip.args]
-    header = json.dumps(
-        {"argv": args, "cwd": str(folder), "env": dict(os.environ), "stdout_tty": False, "stderr_tty": False}
-    )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(server.socket_path()))
-        sock.sendall(struct.pack(">II", len(header), 0) + header.encode())
+    header = {"argv": args, "cwd": str(folder), "env": dict(os.environ), "umask": 0o022}
+    header["streams"] = [{"tty": False, "encoding": "utf-8", "errors": "strict"}] * 2
+    blob = json.dumps(header).encode()
+    with raw_client() as sock:
+        sock.sendall(struct.pack(">II", len(blob), 0) + blob)
+    with raw_client() as sock:
+        sock.sendall(b"\0\0\0\2\0\0\0\0{}")  # a malformed request
     result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
     assert result.returncode == EXIT_SKIPPED, result.stderr
     assert len(jsonl(result.stdout.decode())) == 5
     assert resident.process.poll() is None
     assert len(served(resident)) == 2
+    assert any("bad request" in line for line in resident.log_lines())
+
+
+def test_commands_run_here_when_the_server_could_not_run_them_alike(
+    resident: Server, tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    """Busy with another client, other start-up environment, this process's own files, earlier configs:
+    each runs in its own process (or gives what that would), and nothing waits."""
+    args = ["classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args]
+    own = clipzs(*args, local=True)
+    with raw_client():  # holds the server
+        busy = clipzs(*args)
+    assert (busy.returncode, busy.stdout) == (own.returncode, own.stdout)
+    threads = subprocess.run(
+        [sys.executable, "-m", "clipzs", *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True
+    )
+    assert threads.returncode == own.returncode
+    (tmp_path / "labels.txt").write_text("circle\nsquare\n")
+    labels = ["classify", str(folder), "--labels-file", "/dev/stdin", "-f", "jsonl", *tiny_clip.args]
+    assert clipzs(*labels, stdin=b"circle\nsquare\n").stdout == own.stdout
+    assert served(resident) == []
+    clipzs(*args)  # registers tiny-clip's config in the server, for this command only
+    unregistered = ["classify", str(folder), "-l", "a,b", "-m", "tiny-clip", "-p", str(tiny_clip.checkpoint)]
+    assert clipzs(*unregistered).stderr == clipzs(*unregistered, local=True).stderr
+    assert len(served(resident)) == 2
+
+
+def test_files_get_the_clients_umask(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    args = ["classify", str(folder), "-l", "circle,square", "-o", "private.csv", *tiny_clip.args]
+    subprocess.run([sys.executable, "-m", "clipzs", *args], cwd=folder, preexec_fn=lambda: os.umask(0o077))
+    assert len(served(resident)) == 1
+    assert (folder / "private.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_stop_ends_a_busy_server(resident: Server) -> None:
+    with raw_client():
+        stopped = clipzs("serve", "--stop")
+    assert b"interrupted" in stopped.stderr
+    assert resident.process.wait(timeout=30) == 0
+    assert not server.socket_path().exists()
 
 
 def test_a_dead_server_leaves_commands_running_here(tiny_clip: ModelFiles, folder: Path, tmp_path: Path) -> None:
@@ -159,7 +209,7 @@ def test_a_dead_server_leaves_commands_running_here(tiny_clip: ModelFiles, folde
     result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
     assert result.returncode == EXIT_SKIPPED and len(jsonl(result.stdout.decode())) == 5
     again = start_server(tmp_path)  # replaces the stale socket
-    assert server.stop()
+    assert server.stop() == "stopped"
     again.process.wait(timeout=30)
     assert not server.socket_path().exists()
 
@@ -170,4 +220,8 @@ def test_one_server_per_cache_and_stop(resident: Server) -> None:
     stopped = clipzs("serve", "--stop")
     assert stopped.returncode == 0 and b"server stopped" in stopped.stderr
     resident.process.wait(timeout=30)
-    assert clipzs("serve", "--stop").stderr.startswith(b"clipzs: no server was running")
+    assert clipzs("serve", "--stop").stderr.startswith(b"clipzs: server was not running")
+    assert clipzs("serve", "--detach").returncode == 0
+    again = clipzs("serve", "--detach")
+    assert again.returncode == 2 and b"already listening" in again.stderr
+    assert server.stop() == "stopped"
