@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from clipzs.api import ZeroShotClassifier
 from clipzs.cli import app
 from clipzs.errors import EXIT_OK
 from clipzs.features import FeatureCache, FileKey
@@ -113,3 +114,20 @@ def test_a_killed_run_leaves_a_usable_cache(rand_clip: ModelFiles, photos: list[
     assert again.returncode == EXIT_OK, again.stderr
     uncached = subprocess.run([*command, "--no-cache"], capture_output=True, text=True, env=env, timeout=300)
     assert jsonl(again.stdout) == jsonl(uncached.stdout)
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="the file system must accept non-UTF-8 names")
+def test_a_name_that_is_not_utf8_is_classified_without_caching(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    odd = Path(os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))
+    shutil.copy(photos[0], odd)
+    assert FileKey.of(odd) is None
+    zsc = ZeroShotClassifier.from_pretrained(
+        None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu"
+    )
+    zsc.build(["cat", "rocket"])
+    first, second = (list(zsc.classify_paths([odd])) for _ in range(2))  # with the cache on, twice
+    assert first == second and first[0].error is None and first[0].path == str(odd)
