@@ -47,6 +47,8 @@ PINNED_PREFIXES = ("OMP_", "MKL_", "CUDA_", "PYTORCH_", "TORCH_", "HF_", "HUGGIN
 PINNED_NAMES = ("TMPDIR", "XDG_CACHE_HOME", "PYTHONWARNINGS", "PYTHONPATH")
 """Environment read once per process (by torch, the hub client, tempfile...): a client whose values differ
 from the server's runs its command itself."""
+OWN_FILES = ("/dev/std", "/dev/fd/", "/dev/tty", "/proc/self/", "/proc/thread-self/")
+"""Paths that name something else in every process (``/dev/null`` does not, and is served)."""
 READY_TIMEOUT_S = 1.0
 """How long a client waits for the server to take its command before running it itself (the server is busy)."""
 REQUEST_TIMEOUT_S = 30.0
@@ -102,7 +104,7 @@ def forward(argv: Sequence[str]) -> int | None:
 def _servable(argv: Sequence[str]) -> bool:
     if not argv or argv[0] not in FORWARDED or os.environ.get(NO_SERVER_ENV) or not hasattr(socket, "AF_UNIX"):
         return False
-    if any(arg.startswith(("/dev/", "/proc/")) or "/dev/fd/" in arg for arg in argv):
+    if any(name in arg for arg in argv for name in OWN_FILES):
         return False  # this process's own files (/dev/stdout, <(...)): the server's would be others
     if "--engine=ray" in argv or ("--engine", "ray") in itertools.pairwise(argv):
         return False  # Ray keeps its own processes; a server would keep a Ray instance for good

@@ -180,10 +180,12 @@ def test_commands_run_here_when_the_server_could_not_run_them_alike(
     labels = ["classify", str(folder), "--labels-file", "/dev/stdin", "-f", "jsonl", *tiny_clip.args]
     assert clipzs(*labels, stdin=b"circle\nsquare\n").stdout == own.stdout
     assert served(resident) == []
+    assert clipzs(*args, "-o", os.devnull).returncode == own.returncode  # the same file in every process
+    assert len(served(resident)) == 1
     clipzs(*args)  # registers tiny-clip's config in the server, for this command only
     unregistered = ["classify", str(folder), "-l", "a,b", "-m", "tiny-clip", "-p", str(tiny_clip.checkpoint)]
     assert clipzs(*unregistered).stderr == clipzs(*unregistered, local=True).stderr
-    assert len(served(resident)) == 2
+    assert len(served(resident)) == 3
 
 
 def test_files_get_the_clients_umask(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
