@@ -214,7 +214,6 @@ class Bench:
         from clipzs.api import ZeroShotClassifier
 
         folder = paths[0].parent
-        env = {**os.environ, "CLIPZS_CACHE_DIR": str(self.work / "cache-commands")}
         base = [
             sys.executable,
             "-m",
@@ -231,10 +230,25 @@ class Bench:
             "-o",
             os.devnull,
         ]
-        commands = [
-            median_seconds(lambda labels=labels: subprocess.run([*base, "-l", labels], env=env, check=True), 1)
-            for labels in ("cat,dog,rocket", "coffee,flower,astronaut,space")
-        ]
+        label_sets = ("cat,dog,rocket", "coffee,flower,astronaut,space")
+
+        def commands(cache: str, served: bool) -> list[float]:
+            env = {k: v for k, v in os.environ.items() if k != "CLIPZS_NO_SERVER"}
+            env["CLIPZS_CACHE_DIR"] = str(self.work / cache)
+            serve = [sys.executable, "-m", "clipzs", "serve"]
+            if served:
+                subprocess.run([*serve, "--detach"], env=env, check=True, capture_output=True)
+            try:
+                return [
+                    median_seconds(lambda labels=labels: subprocess.run([*base, "-l", labels], env=env, check=True), 1)
+                    for labels in label_sets
+                ]
+            finally:
+                if served:
+                    subprocess.run([*serve, "--stop"], env=env, check=True, capture_output=True)
+
+        own = commands("cache-commands", served=False)
+        served = commands("cache-served", served=True)
         os.environ["CLIPZS_CACHE_DIR"] = str(self.work / "cache-library")
         zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
 
@@ -250,47 +264,62 @@ class Bench:
         n = len(paths)
         self.row(
             f"{model_name} re-classify {n} photos: first command",
-            f"{commands[0]:.1f} s",
+            f"{own[0]:.1f} s",
             f"build + classify in the library: {phases[0]:.1f} s",
         )
         self.row(
             f"{model_name} re-classify: second command, other labels",
-            f"{commands[1]:.1f} s",
-            f"{commands[0] / commands[1]:.1f}x faster; in the library {phases[1]:.2f} s, "
-            f"{phases[0] / phases[1]:.0f}x faster",
+            f"{own[1]:.1f} s",
+            f"{own[0] / own[1]:.1f}x faster; in the library {phases[1]:.2f} s, {phases[0] / phases[1]:.0f}x faster",
+        )
+        self.row(
+            f"{model_name} re-classify with `clipzs serve`: first command (model not yet loaded)",
+            f"{served[0]:.1f} s",
+        )
+        self.row(
+            f"{model_name} re-classify with `clipzs serve`: second command, other labels",
+            f"{served[1]:.2f} s",
+            f"{served[0] / served[1]:.0f}x faster than the first; {own[0] / served[1]:.0f}x the first without a server",
         )
 
     def ray(self, model_name: str, checkpoint: Path, paths: list[Path]) -> None:
-        """--engine ray on a local instance with 1 and 2 model actors, whole commands."""
-        folder = paths[0].parent
+        """--engine ray on a local instance with 1 and 2 model actors, against the local engine: whole commands
+        on all the photos and on half of them; the difference gives the rate once everything has started."""
         base = [
             sys.executable,
             "-m",
             "clipzs",
             "classify",
-            str(folder),
+            "-",
             "-l",
             "cat,dog",
             "--model",
             model_name,
             "--pretrained",
             str(checkpoint),
-            "--engine",
-            "ray",
             "--no-cache",
             "-q",
             "-o",
             os.devnull,
         ]
-        times = {}
-        for workers in (1, 2):
-            times[workers] = median_seconds(
-                lambda workers=workers: subprocess.run([*base, "--workers", str(workers)], check=True), 1
-            )
+        half = paths[: len(paths) // 2]
+        engines = {"local engine": ["--device", "cpu"]}
+        engines |= {f"--engine ray, {n} worker(s)": ["--engine", "ray", "--workers", str(n)] for n in (1, 2)}
+        for name, flags in engines.items():
+            times = {
+                len(chosen): median_seconds(
+                    lambda chosen=chosen, flags=flags: subprocess.run(
+                        [*base, *flags], input="".join(f"{p}\n" for p in chosen), text=True, check=True
+                    ),
+                    self.args.repeats,
+                )
+                for chosen in (half, paths)
+            }
+            rate = (len(paths) - len(half)) / max(times[len(paths)] - times[len(half)], 1e-9)
             self.row(
-                f"{model_name} --engine ray, {workers} worker(s), {len(paths)} photos",
-                f"{times[workers]:.1f} s",
-                f"{len(paths) / times[workers]:.1f} img/s including start-up",
+                f"{model_name} {name}, {len(half)} / {len(paths)} photos",
+                f"{times[len(half)]:.1f} s / {times[len(paths)]:.1f} s",
+                f"{rate:.1f} img/s for the second {len(paths) - len(half)} (start-up excluded)",
             )
 
     def startup(self) -> None:
@@ -421,10 +450,11 @@ def machine() -> str:
 def write_results(path: Path, section: str, text: str) -> None:
     begin, end = f"<!-- begin {section} -->", f"<!-- end {section} -->"
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if begin in old:
+    if begin in old:  # replaced where it stands
         head, rest = old.split(begin, 1)
-        old = head.rstrip("\n") + "\n" + rest.split(end, 1)[1].lstrip("\n")
-    path.write_text(old.rstrip("\n") + f"\n\n{begin}\n{text}\n{end}\n", encoding="utf-8")
+        path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+    else:
+        path.write_text(old.rstrip("\n") + f"\n\n{begin}\n{text}\n{end}\n", encoding="utf-8")
 
 
 def main() -> None:
