@@ -117,10 +117,10 @@ def _connect(timeout: float) -> Iterator[tuple[socket.socket, dict[str, Any]] | 
     user, or it does not take the connection within ``timeout`` seconds."""
     path = socket_path()
     try:
-        if path.stat().st_uid != os.getuid():
-            yield None  # someone else's socket: never hand them this user's command
-            return
+        mine = path.stat().st_uid == os.getuid()  # never hand this user's command to someone else's socket
     except OSError:
+        mine = False
+    if not mine:
         yield None
         return
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
