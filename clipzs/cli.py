@@ -194,13 +194,14 @@ def classify(
 
             zsc.model = quantize_int8(zsc.model)
         skipped = 0
+        ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = (
                 _WrittenByRay()
                 if chosen == "parquet" and engine == "ray"
                 else ParquetWriter(output)
                 if chosen == "parquet" and output
-                else make_writer(chosen, stream, top_k, header=not appending)
+                else make_writer(chosen, stream, ranked, header=not appending)
             )
             try:
                 with _progress(console, len(paths), quiet) as advance:
@@ -572,10 +573,9 @@ def serve(
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it listens.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the running server.")] = False,
 ) -> None:
-    """Keep models loaded for later commands, which then skip the seconds of start-up (torch, model).
+    """Keep models loaded so that later commands skip the seconds of start-up (torch, model load).
 
-    While it runs, classify, build-classifier, eval, probe and sort are handed to it and give the same output
-    and exit status; CLIPZS_NO_SERVER=1 runs a command in its own process.
+    While it runs, classify, build-classifier, eval, probe and sort run in it, with the same results.
     """
     from clipzs import server
 

@@ -246,6 +246,7 @@ def test_csv_scores_in_fixed_notation(rand_sigmoid: ModelFiles, photos: list[Pat
     code, stdout, _ = run("classify", str(photos[0]), "-l", "cat,dog", "-f", "csv", *rand_sigmoid.args)
     (row,) = csv.DictReader(io.StringIO(stdout))
     assert code == EXIT_OK and "e-" not in row["score"] and len(row["score"].split(".")[1]) == 6
+    assert list(row)[-2:] == ["label_2", "score_2"]  # two labels: no empty columns for a third to a fifth
 
 
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
