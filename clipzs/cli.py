@@ -24,7 +24,7 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
-from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, ClipzsError, UsageError
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, EXIT_USAGE, ClipzsError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -553,9 +553,10 @@ def models(
     name: Annotated[Optional[str], typer.Argument(help="Only this model's pretrained tags.")] = None,
 ) -> None:
     """List open_clip models and their pretrained tags (model<TAB>tag)."""
-    import open_clip
-
     with _errors():
+        from clipzs.model import import_open_clip
+
+        open_clip = import_open_clip()
         pairs = open_clip.list_pretrained()
         if name is not None:
             if name not in open_clip.list_models():
@@ -703,6 +704,9 @@ def _errors() -> Iterator[Console]:
     except KeyboardInterrupt:
         console.print("clipzs: interrupted")
         raise typer.Exit(130) from None
+    except ImportError as e:  # a broken install (torch itself, say): the user can repair it
+        console.print(f"clipzs: error: {e}: reinstall clipzs and its dependencies (pip install --force-reinstall ...)")
+        raise typer.Exit(EXIT_USAGE) from None
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as `yes | head` does
         from clipzs.output import silence
 

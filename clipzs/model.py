@@ -278,8 +278,7 @@ def _load_model(
     model_config: str | os.PathLike[str] | None = None,
     device: str = "auto",
 ) -> LoadedModel:
-    import open_clip
-
+    open_clip = import_open_clip()
     config_path = None
     if model_config is not None:
         config_path = Path(model_config)
@@ -341,6 +340,19 @@ _INIT_FUNCTIONS = (
     "zeros_",
     "ones_",
 )
+
+
+def import_open_clip() -> Any:
+    """open_clip, or a ModelError saying how to repair the install when it (or torchvision under it) fails to
+    import: a torchvision built for another torch fails with a RuntimeError, not an ImportError."""
+    try:
+        import open_clip
+    except (ImportError, RuntimeError, OSError) as e:
+        raise ModelError(
+            f"open_clip cannot be imported ({_first_line(e)}): reinstall torch and torchvision together from one "
+            "index, then open_clip_torch (pip install --force-reinstall torch torchvision open_clip_torch)"
+        ) from e
+    return open_clip
 
 
 @contextlib.contextmanager

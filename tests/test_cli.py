@@ -249,6 +249,17 @@ def test_csv_scores_in_fixed_notation(rand_sigmoid: ModelFiles, photos: list[Pat
     assert list(row)[-2:] == ["label_2", "score_2"]  # two labels: no empty columns for a third to a fifth
 
 
+def test_a_broken_install_is_one_line_saying_how_to_repair_it(
+    tiny_clip: ModelFiles, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip now fails, as a broken install's does
+    code, _, stderr = run("classify", str(photos[0]), "-l", "a,b", *tiny_clip.args)
+    assert code == EXIT_USAGE and "open_clip cannot be imported" in stderr and "reinstall" in stderr
+    assert "Traceback" not in stderr
+    code, _, stderr = run("models")
+    assert code == EXIT_USAGE and "reinstall" in stderr
+
+
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
     code, _, stderr = run("classify", str(tmp_path / "nosuchdir"), "-l", "a,b")
     assert code == EXIT_USAGE and "no such file or folder" in stderr
