@@ -573,6 +573,12 @@ def serve(
     models: Annotated[int, typer.Option("--models", min=1, help="How many models to keep loaded.")] = 2,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it listens.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the running server.")] = False,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Load this model now instead of at the first command.")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="Its weights (as classify).")] = None,
+    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="Its config (as classify).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Keep models loaded so that later commands skip the seconds of start-up (torch, model load).
 
@@ -584,16 +590,25 @@ def serve(
         if stop:
             console.print(f"clipzs: server {server.stop() or 'was not running'}")
             return
+        preloaded = model is not None or pretrained is not None or model_config is not None
         if detach:
-            _detach(console, idle, models)
+            options = ["--device", device]  # files by absolute path: the server runs in another folder
+            if pretrained is not None and Path(pretrained).expanduser().is_file():
+                pretrained = str(Path(pretrained).expanduser().resolve())
+            for flag, value in (("-m", model), ("-p", pretrained), ("--model-config", model_config)):
+                if value is not None:
+                    options += [flag, str(Path(value).resolve()) if isinstance(value, Path) else value]
+            _detach(console, idle, models, options)
             return
         try:
-            server.serve(idle * 60, models)
+            server.serve(
+                idle * 60, models, (lambda: _load_model(model, pretrained, model_config, device)) if preloaded else None
+            )
         except (OSError, RuntimeError) as e:
             raise UsageError(str(e)) from e
 
 
-def _detach(console: Console, idle: float, models: int) -> None:
+def _detach(console: Console, idle: float, models: int, options: list[str]) -> None:
     """Start ``clipzs serve`` in its own session, logging to the cache directory, and wait until it listens."""
     import subprocess
 
@@ -606,18 +621,18 @@ def _detach(console: Console, idle: float, models: int) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "clipzs", "serve", "--idle", str(idle), "--models", str(models)],
+            [sys.executable, "-m", "clipzs", "serve", "--idle", str(idle), "--models", str(models), *options],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             cwd=log_path.parent,  # not the caller's folder, which may go away; commands bring their own
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
-    while process.poll() is None and not server.wait_until_listening(0.2):
-        pass
+    while process.poll() is None and not server.ready(2):
+        pass  # (loading a model first takes a while)
     if process.poll() is not None:
         raise UsageError(f"the server did not start; see {log_path}")
-    console.print(f"clipzs: server {process.pid} listening on {server.socket_path()}; log: {log_path}")
+    console.print(f"clipzs: server {process.pid} ready on {server.socket_path()}; log: {log_path}")
 
 
 def _load_model(

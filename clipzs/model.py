@@ -247,7 +247,8 @@ def load_model(
     """
     if _resident is None:
         return _load_model(name, pretrained, model_config=model_config, device=device)
-    key = (name, pretrained, device, _file_state(pretrained), _file_state(model_config))
+    weights = _file_state(pretrained)  # a file is known by what it resolves to, however it is written
+    key = (name, pretrained if weights is None else "", device, weights, _file_state(model_config))
     if key in _resident:
         _resident.move_to_end(key)
         return _resident[key]

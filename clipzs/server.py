@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -126,8 +126,8 @@ def _connect(timeout: float) -> Iterator[tuple[socket.socket, dict[str, Any]] | 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with sock:
         try:
+            sock.settimeout(timeout)  # (a connection waits in the queue of a busy server)
             sock.connect(str(path))
-            sock.settimeout(timeout)
             frame = _read_frame(sock)
             sock.settimeout(None)
         except OSError:  # no server (a stale socket), or a busy one
@@ -328,9 +328,10 @@ class _Registry:
             self.factory._MODEL_CONFIG_PATHS[:] = self.paths
 
 
-def serve(idle_timeout: float, models: int) -> None:
+def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None = None) -> None:
     """Listen on ``socket_path()`` and run commands one at a time until stopped (``stop``, SIGTERM, Ctrl-C) or
-    idle for ``idle_timeout`` seconds. Raises RuntimeError when another server already listens there."""
+    idle for ``idle_timeout`` seconds; ``preload`` loads a model before the first command. Raises RuntimeError
+    when another server already listens there."""
     import importlib
 
     from clipzs.model import keep_loaded
@@ -354,14 +355,17 @@ def serve(idle_timeout: float, models: int) -> None:
     # Libraries log through the root logger (open_clip's warnings, say); its handler is made by the first call
     # and would keep the first client's stream. Make it now, writing to whichever client is current.
     logging.basicConfig(handlers=[_CurrentStderr()])
-    print(f"clipzs serve: {os.getpid()} listening on {path} (stops after {idle_timeout:.0f} s idle)", file=log)
-    log.flush()
 
     def terminate(*_: Any) -> None:
         raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
+        if preload is not None:
+            preload()
+            registry.restore()  # a --model-config it registered is for the commands that name it
+        print(f"clipzs serve: {os.getpid()} ready on {path} (stops after {idle_timeout:.0f} s idle)", file=log)
+        log.flush()
         listener.settimeout(idle_timeout)
         carry_on = True
         while carry_on:
@@ -584,6 +588,12 @@ def _server_pid() -> int | None:
         except OSError:
             return None
     return pid if uid == os.getuid() else None
+
+
+def ready(timeout: float) -> bool:
+    """Whether a server takes a connection within ``timeout`` seconds (it is listening and not busy)."""
+    with _connect(timeout) as connected:
+        return connected is not None
 
 
 def wait_until_listening(timeout: float) -> bool:

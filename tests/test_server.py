@@ -227,3 +227,19 @@ def test_one_server_per_cache_and_stop(resident: Server) -> None:
     again = clipzs("serve", "--detach")
     assert again.returncode == 2 and b"already listening" in again.stderr
     assert server.stop() == "stopped"
+
+
+def test_a_preloaded_model_serves_the_first_command(tiny_clip: ModelFiles, folder: Path) -> None:
+    relative = os.path.relpath(tiny_clip.checkpoint, folder)  # written unlike the command's, resolved alike
+    options = ["--model-config", str(tiny_clip.config), "-p", relative, "--device", "cpu"]
+    started = clipzs("serve", "--detach", *options, cwd=folder)
+    try:
+        assert started.returncode == 0, started.stderr
+        log = server.socket_path().parent / "server.log"
+        assert "loaded tiny-clip" in log.read_text()  # before it said it was ready
+        result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
+        assert result.returncode == EXIT_SKIPPED, result.stderr
+        text = log.read_text()
+        assert text.count("loaded tiny-clip") == 1 and " -> exit 3 " in text
+    finally:
+        assert server.stop() == "stopped"
