@@ -592,12 +592,11 @@ def serve(
             return
         preloaded = model is not None or pretrained is not None or model_config is not None
         if detach:
-            options = ["--device", device]  # files by absolute path: the server runs in another folder
-            if pretrained is not None and Path(pretrained).expanduser().is_file():
-                pretrained = str(Path(pretrained).expanduser().resolve())
-            for flag, value in (("-m", model), ("-p", pretrained), ("--model-config", model_config)):
-                if value is not None:
-                    options += [flag, str(Path(value).resolve()) if isinstance(value, Path) else value]
+            options = ["--device", device, *(["-m", model] if model else [])]
+            for flag, value in (("-p", pretrained), ("--model-config", model_config)):
+                if value is not None:  # files by absolute path: the server runs in another folder
+                    file = Path(value).expanduser()
+                    options += [flag, str(file.resolve()) if file.is_file() else str(value)]
             _detach(console, idle, models, options)
             return
         try:
