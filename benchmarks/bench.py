@@ -367,27 +367,49 @@ class Bench:
         self.row("peak RSS, 500 images (small model)", f"{rss[500]:.0f} MB")
         self.row("peak RSS, 5000 images (small model)", f"{rss[5000]:.0f} MB", f"+{rss[5000] - rss[500]:.0f} MB")
 
-    def int8(self, model_name: str, checkpoint: Path) -> None:
+    def precisions(self, model_name: str, checkpoint: Path, small: list[Path], phone: list[Path]) -> None:
+        """CPU bf16 and int8 against fp32: the image encoder alone, classify end to end, top-1 agreement."""
         import torch
 
-        from clipzs.model import load_model, quantize_int8
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.output import JsonlWriter
 
-        loaded = load_model(model_name, str(checkpoint), device="cpu")
-        batch = torch.randn(self.args.batch_size, 3, loaded.image_size, loaded.image_size)
-        loaded.encode_images(batch)
-        t_fp32 = median_seconds(lambda: loaded.encode_images(batch), self.args.repeats)
-        fp32 = loaded.encode_images(batch)
-        int8 = quantize_int8(loaded)
-        int8.encode_images(batch)
-        t_int8 = median_seconds(lambda: int8.encode_images(batch), self.args.repeats)
-        cos = torch.nn.functional.cosine_similarity(fp32, int8.encode_images(batch)).min().item()
-        self.row(
-            f"{model_name} int8 (dynamic) image encoder",
-            f"{len(batch) / t_int8:.1f} img/s",
-            f"{t_fp32 / t_int8:.2f}x fp32; min cosine to fp32 {cos:.4f}",
-        )
-        agreement = tiny_clip_int8_agreement()
-        self.row("tiny-clip int8 top-1 agreement with fp32", f"{agreement:.1%}")
+        fp32 = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device="cpu")
+        fp32.build(["cat", "dog", "rocket", "coffee"], "simple", use_cache=False)
+        size = fp32.model.image_size
+        batch = torch.randn(self.args.batch_size, 3, size, size)
+        fp32.model.encode_images(batch)
+        t_fp32 = median_seconds(lambda: fp32.model.encode_images(batch), self.args.repeats)
+        reference = fp32.model.encode_images(batch)
+        for precision in ("bf16", "int8"):
+            zsc = ZeroShotClassifier(fp32.model.with_precision(precision), fp32.classifier)
+            encode = zsc.model.encode_images
+            encode(batch)
+            t_encoder = median_seconds(lambda: encode(batch), self.args.repeats)  # noqa: B023 - used at once
+            cos = torch.nn.functional.cosine_similarity(reference, zsc.model.encode_images(batch)).min().item()
+            self.row(
+                f"{model_name} {precision} image encoder",
+                f"{len(batch) / t_encoder:.1f} img/s",
+                f"{t_fp32 / t_encoder:.2f}x fp32; min cosine to fp32 {cos:.4f}",
+            )
+            for paths, label in ((small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}"), (phone, "12 MP")):
+
+                def ours(zsc: ZeroShotClassifier = zsc, paths: list[Path] = paths) -> None:
+                    with open(os.devnull, "w") as sink:
+                        writer = JsonlWriter(sink)
+                        for prediction in zsc.classify_paths(paths, batch_size=self.args.batch_size, use_cache=False):
+                            writer.write(prediction)
+
+                ours()
+                t_ours = median_seconds(ours, self.args.repeats)
+                rate, own, full = len(paths) / t_ours, len(batch) / t_encoder, len(batch) / t_fp32
+                self.row(
+                    f"{model_name} {label}: clipzs classify end to end, {precision}",
+                    f"{rate:.1f} img/s",
+                    f"{rate / own:.0%} of {precision} model-only; {rate / full:.2f}x fp32 model-only",
+                )
+            agreement = tiny_clip_agreement(precision)
+            self.row(f"tiny-clip {precision} top-1 agreement with fp32", f"{agreement:.1%}")
 
 
 RSS_WRAPPER = (
@@ -397,11 +419,10 @@ RSS_WRAPPER = (
 )
 
 
-def tiny_clip_int8_agreement(per_class: int = 20) -> float:
-    """Top-1 agreement of int8 and fp32 on the repo's trained test model, over freshly drawn shapes."""
+def tiny_clip_agreement(precision: str, per_class: int = 20) -> float:
+    """Top-1 agreement of a precision with fp32 on the repo's trained test model, over freshly drawn shapes."""
     sys.path.insert(0, str(ROOT))
     from clipzs.api import ZeroShotClassifier
-    from clipzs.model import quantize_int8
     from tests.tinyclip.shapes import CLASSES, draw
 
     rng = np.random.default_rng(99)
@@ -417,15 +438,15 @@ def tiny_clip_int8_agreement(per_class: int = 20) -> float:
         )
         zsc.build(CLASSES, "simple", use_cache=False)
         fp32 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
-        zsc.model = quantize_int8(zsc.model)
-        int8 = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
-    return sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(paths)
+        zsc.model = zsc.model.with_precision(precision)
+        other = [p.label for p in zsc.classify_paths(paths, use_cache=False)]
+    return sum(a == b for a, b in zip(fp32, other, strict=True)) / len(paths)
 
 
 def zsc_autocast(device: object) -> object:
-    from clipzs.device import image_autocast
+    from clipzs.device import image_autocast, resolve_precision
 
-    return image_autocast(device)  # type: ignore[arg-type]
+    return image_autocast(device, resolve_precision(device))  # type: ignore[arg-type]
 
 
 def machine() -> str:
@@ -468,7 +489,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", default="text,images,reclassify,int8,memory", help="what to measure")
+    parser.add_argument("--parts", default="text,images,reclassify,precision,memory", help="what to measure")
     parser.add_argument("--section", default=None, help="RESULTS.md section name [default: the device]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
@@ -503,8 +524,8 @@ def main() -> None:
                 bench.reclassify(name, checkpoint, small)
             if "ray" in parts:
                 bench.ray(name, checkpoint, small)
-            if "int8" in parts and args.device == "cpu":
-                bench.int8(name, checkpoint)
+            if "precision" in parts and args.device == "cpu":
+                bench.precisions(name, checkpoint, small, phone)
         if "memory" in parts and args.device == "cpu":
             bench.memory(small)
         table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in bench.rows)

@@ -60,9 +60,12 @@ class ZeroShotClassifier:
         *,
         model_config: str | os.PathLike[str] | None = None,
         device: str = "auto",
+        precision: str = "auto",
     ) -> ZeroShotClassifier:
-        """Load an open_clip model: ``pretrained`` is a tag or a local checkpoint file."""
-        return cls(load_model(model, pretrained, model_config=model_config, device=device))
+        """Load an open_clip model: ``pretrained`` is a tag or a local checkpoint file. ``precision``: how the
+        image tower computes (``LoadedModel.with_precision``)."""
+        loaded = load_model(model, pretrained, model_config=model_config, device=device)
+        return cls(loaded.with_precision(precision))
 
     @classmethod
     def from_classifier_file(
@@ -73,6 +76,7 @@ class ZeroShotClassifier:
         pretrained: str | None = None,
         model_config: str | os.PathLike[str] | None = None,
         device: str = "auto",
+        precision: str = "auto",
     ) -> ZeroShotClassifier:
         """Load a classifier file and the model it was built for (or the one given, which must match)."""
         classifier = Classifier.load(Path(path))
@@ -90,7 +94,7 @@ class ZeroShotClassifier:
             hint = f"{path} names this model; point at it with --pretrained/--model-config"
             raise type(e)(f"{e} ({hint})") from e
         classifier.check_model(loaded.fingerprint, loaded.name, source=str(path))
-        return cls(loaded, classifier)
+        return cls(loaded.with_precision(precision), classifier)
 
     def build(
         self,
@@ -257,7 +261,7 @@ class ZeroShotClassifier:
 
     def _feature_cache(self, draft_size: int | None, geometry: DeviceGeometry | None) -> FeatureCache:
         decoder = "device" if geometry else f"draft={draft_size or 0}"
-        encoder = f"{self.model.fingerprint}|{self.model.precision}|{decoder}"
+        encoder = f"{self.model.fingerprint}|{self.model.cache_tag}|{decoder}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:

@@ -30,17 +30,46 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def image_precision(device: torch.device) -> str:
-    """The precision images are encoded at on this device: part of the image-feature cache key."""
-    return "fp16-autocast" if device.type == "cuda" else "fp32"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+"""How the image tower computes: ``auto`` is fp16 (autocast) on CUDA and fp32 elsewhere."""
+
+CACHE_TAGS = {"fp32": "fp32", "fp16": "fp16-autocast", "int8": "int8-dynamic"}
+"""Names of precisions in the feature cache's key, unchanged from before ``--precision`` existed."""
 
 
-def image_autocast(device: torch.device) -> AbstractContextManager[object]:
-    """Mixed precision for the image tower: fp16 autocast on CUDA, full fp32 elsewhere.
+def resolve_precision(device: torch.device, requested: str = "auto") -> str:
+    """The precision images are encoded at: ``requested``, or the device's default for ``auto``.
+
+    A precision the device cannot run is a usage error. bf16 on a CPU casts the image tower's weights
+    (``LoadedModel.with_precision``), which is several times faster than fp32 where the CPU multiplies
+    bfloat16 natively (Intel AMX, AVX-512 BF16) and slower where it does not.
+    """
+    if requested not in PRECISIONS:
+        raise UsageError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if requested == "int8" and device.type != "cpu":
+        raise UsageError("int8 is for the CPU: on a GPU, fp16 (the default there) or bf16")
+    if requested == "fp16" and device.type != "cuda":
+        raise UsageError("fp16 is for CUDA GPUs: on a CPU, bf16 or int8")
+    if requested == "bf16" and device.type not in ("cpu", "cuda"):
+        raise UsageError(f"bf16 runs on the CPU or a CUDA GPU, not on {device.type}")
+    return requested
+
+
+def cache_tag(device: torch.device, precision: str) -> str:
+    """The precision's name in the image-feature cache key: features at other precisions are other numbers."""
+    tag = CACHE_TAGS.get(precision, precision)
+    return f"{tag}-autocast" if precision == "bf16" and device.type == "cuda" else tag
+
+
+def image_autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """Mixed precision for the image tower on CUDA (fp16 or bf16 autocast); elsewhere the weights already
+    have the dtype they compute in.
 
     Text features are always computed in fp32: they are computed once per classifier and cached, so the
     matrix is the same whichever device built it.
     """
-    if image_precision(device) == "fp16-autocast":
-        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda" and precision in ("fp16", "bf16"):
+        return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
     return contextlib.nullcontext()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import difflib
 import logging
@@ -16,6 +17,7 @@ import os
 import socket
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from clipzs.cache import file_sha256
-from clipzs.device import image_autocast, image_precision, resolve_device
+from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
 
 logger = logging.getLogger("clipzs")
@@ -49,13 +51,42 @@ class LoadedModel:
     model_config: str | None = None
     pixels: PixelPipeline | None = None
     """The preprocess split at ToTensor, when it has the usual shape (``split_preprocess``)."""
-    int8: bool = False
-    """Whether the image tower's linear layers run in int8 (``quantize_int8``)."""
+    precision: str = "fp32"
+    """How the image tower computes: fp32, fp16 or bf16 (autocast on CUDA, cast weights on the CPU), or int8
+    (see ``with_precision``)."""
 
     @property
-    def precision(self) -> str:
-        """How images are encoded: part of the image-feature cache key, since it changes the numbers."""
-        return "int8-dynamic" if self.int8 else image_precision(self.device)
+    def cache_tag(self) -> str:
+        """The precision as the image-feature cache key names it, since it changes the numbers."""
+        return cache_tag(self.device, self.precision)
+
+    def with_precision(self, requested: str) -> LoadedModel:
+        """This model encoding images at another precision (``device.PRECISIONS``; auto is the device's default).
+
+        On the CPU, bf16 casts the image tower's weights to bfloat16 and int8 quantises its linear layers
+        (PyTorch dynamic quantisation: weights once, activations per batch); on CUDA both fp16 and bf16 are
+        autocast. The result is a copy that shares the text tower, which stays fp32, so classifiers and their
+        cache are unchanged; the model given is left as it is (``clipzs serve`` hands it to later commands).
+        benchmarks/RESULTS.md records the speed-ups and the top-1 agreement with fp32.
+        """
+        precision = resolve_precision(self.device, requested)
+        if precision == self.precision:
+            return self
+        if self.device.type != "cpu":
+            return dataclasses.replace(self, precision=precision)  # autocast: the weights stay as they are
+        if self.precision != "fp32":
+            raise ValueError(f"convert the fp32 model, not its {self.precision} copy")
+        model = copy.copy(self.model)  # shares every layer but the image tower, replaced below
+        model._modules = dict(model._modules)
+        if precision == "int8":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PyTorch marks eager-mode quantisation as moving to torchao
+                model.visual = torch.ao.quantization.quantize_dynamic(
+                    self.model.visual, {torch.nn.Linear}, dtype=torch.qint8
+                )
+        else:
+            model.visual = _cast_copy(self.model.visual, torch.bfloat16)
+        return dataclasses.replace(self, model=model, precision=precision)
 
     @property
     def logit_scale(self) -> float:
@@ -121,7 +152,9 @@ class LoadedModel:
         if self.device.type == "cuda" and batch.device.type == "cpu":
             batch = batch.pin_memory()  # page-locked, so the copy below runs asynchronously
         batch = batch.to(self.device, non_blocking=True)
-        with image_autocast(self.device):
+        if self.precision == "bf16" and self.device.type == "cpu":
+            batch = batch.to(torch.bfloat16)  # the weights' dtype (``with_precision``)
+        with image_autocast(self.device, self.precision):
             features = self.model.encode_image(batch)
         features = features.float()
         return (features / features.norm(dim=-1, keepdim=True)).cpu()
@@ -155,26 +188,17 @@ def split_preprocess(preprocess: Any) -> PixelPipeline | None:
     return PixelPipeline(Compose(steps[:-2]), tuple(steps[-1].mean), tuple(steps[-1].std))
 
 
-def quantize_int8(loaded: LoadedModel) -> LoadedModel:
-    """A copy whose image tower runs its linear layers in int8 (PyTorch dynamic quantisation), CPU only.
-
-    Weights are quantised once, activations per batch. The text tower stays fp32, so classifiers and their
-    cache are unchanged. The model given is left as it is (``clipzs serve`` hands it to later commands).
-    benchmarks/RESULTS.md records the speed-up and the top-1 agreement with fp32.
-    """
-    if loaded.device.type != "cpu":
-        raise UsageError("--int8 is for the CPU: on a GPU, fp16 autocast is already used")
-    if loaded.int8:
-        return loaded
-    import copy
-    import warnings
-
-    model = copy.copy(loaded.model)  # shares every layer but the image tower, replaced below
-    model._modules = dict(model._modules)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PyTorch marks eager-mode quantisation as moving to torchao
-        model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
-    return dataclasses.replace(loaded, model=model, int8=True)
+def _cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` with its floating-point parameters and buffers in ``dtype``, as ``.to(dtype)``
+    would give, without first copying them at their own precision."""
+    memo: dict[int, Any] = {}
+    for param in module.parameters():
+        if param.is_floating_point():
+            memo[id(param)] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            memo[id(buffer)] = buffer.detach().to(dtype)
+    return copy.deepcopy(module, memo)
 
 
 def last_token_index(tokens: torch.Tensor) -> torch.Tensor:
@@ -325,6 +349,7 @@ def _load_model(
         device=torch_device,
         model_config=str(config_path.resolve()) if config_path else None,
         pixels=split_preprocess(preprocess),
+        precision=resolve_precision(torch_device),
     )
 
 

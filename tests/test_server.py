@@ -128,7 +128,7 @@ def test_a_changed_checkpoint_is_loaded_again(
 
 def test_int8_leaves_the_resident_model_as_it_was(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
     args = ["classify", str(folder), "-l", "circle,square,triangle", "-f", "jsonl", *tiny_clip.args]
-    int8 = clipzs(*args, "--int8")
+    int8 = clipzs(*args, "--precision", "int8")
     fp32 = clipzs(*args)
     own = clipzs(*args, local=True)
     assert fp32.stdout == own.stdout

@@ -70,15 +70,16 @@ def test_reduced_scale_jpeg_decoding_keeps_top_1(tiny_clip: ModelFiles, tmp_path
     assert sum(label == truth[p] for label, p in zip(fast, truth, strict=True)) / len(truth) >= MIN_ACCURACY
 
 
-def test_int8_agrees_with_fp32(tiny_clip: ModelFiles, tmp_path: Path) -> None:
-    """--int8 keeps top-1 on the trained model, and its features are cached apart from fp32 ones."""
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lower_precision_agrees_with_fp32(tiny_clip: ModelFiles, tmp_path: Path, precision: str) -> None:
+    """--precision bf16/int8 keeps top-1 on the trained model, and its features are cached apart from fp32 ones."""
     truth = drawn_folder(tmp_path / "shapes", per_class=5, seed=5)
     folder, labels = str(tmp_path / "shapes"), ",".join(CLASSES)
     runner = CliRunner()
     fp32 = jsonl(runner.invoke(app, ["classify", folder, "-l", labels, *tiny_clip.args]).stdout)
-    result = runner.invoke(app, ["classify", folder, "-l", labels, "--int8", *tiny_clip.args])
+    result = runner.invoke(app, ["classify", folder, "-l", labels, "--precision", precision, *tiny_clip.args])
     assert result.exit_code == EXIT_OK, result.output
-    int8 = jsonl(result.stdout)
-    assert [r["label"] for r in int8] == [r["label"] for r in fp32]
-    assert any(a["score"] != b["score"] for a, b in zip(int8, fp32, strict=True))  # int8 features, not fp32's
-    assert sum(r["label"] == truth[Path(r["path"])] for r in int8) / len(truth) >= MIN_ACCURACY  # type: ignore[arg-type]
+    other = jsonl(result.stdout)
+    assert [r["label"] for r in other] == [r["label"] for r in fp32]
+    assert any(a["score"] != b["score"] for a, b in zip(other, fp32, strict=True))  # its own features, not fp32's
+    assert sum(r["label"] == truth[Path(r["path"])] for r in other) / len(truth) >= MIN_ACCURACY  # type: ignore[arg-type]

@@ -1,0 +1,83 @@
+"""--precision: which precisions each device runs, the bf16 copy of the image tower, and what it leaves alone."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clipzs.api import ZeroShotClassifier
+from clipzs.cli import app
+from clipzs.device import cache_tag, resolve_precision
+from clipzs.errors import EXIT_USAGE, UsageError
+from clipzs.model import load_model
+from tests.conftest import ModelFiles
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+
+
+def test_auto_is_fp16_on_cuda_and_fp32_elsewhere() -> None:
+    assert resolve_precision(CPU) == resolve_precision(MPS) == "fp32"
+    assert resolve_precision(CUDA) == "fp16"
+    assert resolve_precision(CPU, "bf16") == resolve_precision(CUDA, "bf16") == "bf16"
+    assert resolve_precision(CPU, "int8") == "int8"
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "message"),
+    [(CUDA, "int8", "int8 is for the CPU"), (CPU, "fp16", "fp16 is for CUDA"), (MPS, "bf16", "not on mps")],
+)
+def test_a_precision_the_device_cannot_run_is_a_usage_error(device: torch.device, precision: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve_precision(device, precision)
+
+
+def test_feature_cache_names_keep_their_earlier_spelling() -> None:
+    """Features cached before --precision existed are still found; each precision has its own name."""
+    assert cache_tag(CPU, "fp32") == "fp32"
+    assert cache_tag(CUDA, "fp16") == "fp16-autocast"
+    assert cache_tag(CPU, "int8") == "int8-dynamic"
+    assert len({cache_tag(CPU, "bf16"), cache_tag(CUDA, "bf16"), cache_tag(CUDA, "fp32")} | {"fp32"}) == 3
+
+
+def test_bf16_copies_the_image_tower_and_leaves_the_model_alone(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    fp32 = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    expected = copy.deepcopy(fp32.model.visual).to(torch.bfloat16)
+    bf16 = fp32.with_precision("bf16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())  # a server's model stays fp32
+    assert bf16.model.transformer is fp32.model.transformer  # the text tower is shared, not copied
+    got = dict(bf16.model.visual.state_dict())
+    for name, value in expected.state_dict().items():
+        assert got[name].dtype == value.dtype and torch.equal(got[name], value), name
+    assert torch.equal(bf16.encode_text(["a photo of a cat."]), fp32.encode_text(["a photo of a cat."]))
+
+    zsc = ZeroShotClassifier(fp32)
+    zsc_bf16 = ZeroShotClassifier(bf16)
+    a = torch.stack([x for _, x in zsc.encode_paths(photos, use_cache=False)])  # type: ignore[misc]
+    b = torch.stack([x for _, x in zsc_bf16.encode_paths(photos, use_cache=False)])  # type: ignore[misc]
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+
+
+def test_asking_for_the_precision_it_has_gives_the_same_model(rand_clip: ModelFiles) -> None:
+    fp32 = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    assert fp32.with_precision("fp32") is fp32 and fp32.with_precision("auto") is fp32
+
+
+@pytest.mark.parametrize(("precision", "message"), [("fp16", "fp16 is for CUDA"), ("fp64", "unknown precision")])
+def test_the_cli_refuses_a_precision_before_loading_the_model(
+    rand_clip: ModelFiles, photos: list[Path], monkeypatch: pytest.MonkeyPatch, precision: str, message: str
+) -> None:
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("clipzs.api.load_model", no_loading)
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0]), "-l", "a,b", "--precision", precision, *rand_clip.args]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output and "Traceback" not in result.output
