@@ -264,6 +264,13 @@ class ZeroShotClassifier:
         encoder = f"{self.model.fingerprint}|{self.model.cache_tag}|{decoder}"
         return FeatureCache(cache_dir() / "features.sqlite3", encoder)
 
+    @property
+    def scores_sum_to_one(self) -> bool:
+        """Whether scores are a softmax over the labels (one label then always scores 1), not independent
+        sigmoids as SigLIP's zero-shot scores are."""
+        clf = self.classifier
+        return clf is not None and (clf.logit_scale is not None or self.model.logit_bias is None)
+
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """Scores [N, C] of image features [N, D] against the classifier: a zero-shot classifier uses the
         model's temperature (and SigLIP's bias, with a sigmoid), a trained one its own bias, with a softmax."""

@@ -110,7 +110,7 @@ def classify(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, folders (walked recursively), or - to read paths from stdin.", metavar="PATH..."
+            help="Image files, folders (walked recursively), or - to read paths from stdin.", metavar="PATH"
         ),
     ],
     labels: LabelsOpt = None,
@@ -195,6 +195,7 @@ def classify(
         zsc = _classifier(
             classifier, labels, labels_file, templates, model, pretrained, model_config, device, precision, no_cache
         )
+        _warn_one_label(console, zsc)
         skipped = 0
         ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
@@ -450,6 +451,7 @@ def sort_images(
         zsc = _classifier(
             classifier, labels, labels_file, templates, model, pretrained, model_config, device, precision, no_cache
         )
+        _warn_one_label(console, zsc)
         skipped = 0
 
         def readable(predictions: Iterator[Prediction]) -> Iterator[Prediction]:
@@ -725,6 +727,16 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[Label, ...]:
     if (labels is None) == (labels_file is None):
         raise UsageError("give the classes with exactly one of --labels 'cat,dog', --labels-file FILE or --classifier")
     return labels_from_option(labels) if labels is not None else labels_from_file(labels_file)  # type: ignore[arg-type]
+
+
+def _warn_one_label(console: Console, zsc: ZeroShotClassifier) -> None:
+    """A softmax over one label scores every image 1.0: almost certainly not what was meant."""
+    if zsc.classifier is not None and len(zsc.classifier.names) == 1 and zsc.scores_sum_to_one:
+        name = zsc.classifier.names[0]
+        console.print(
+            f"clipzs: warning: one label, so every image scores 1.0 (scores are shared out among the labels); "
+            f"name the alternatives too, e.g. -l '{name},something else'"
+        )
 
 
 def _report_skipped(console: Console, path: str, reason: str) -> None:

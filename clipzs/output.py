@@ -225,7 +225,8 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, highlight=False)
+    wide = None if stream.isatty() else 1_000  # in a file or a pipe, nothing is cut to fit 80 columns
+    console = Console(file=stream, highlight=False, width=wide)
     summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
     for run in runs:
         m = run.metrics
@@ -240,12 +241,15 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
         )
     console.print(summary)
     best = max(runs, key=lambda run: run.metrics.top1)
-    per_class = Table("class", "recall", "images", box=None, title=f"best: {best.model}, {best.templates}")
+    # Titles as lines of their own: a table's title wraps at the (narrow) table's width.
+    console.print(f"\nrecall per class, best run: {best.model} ({best.pretrained}), {best.templates}", soft_wrap=True)
+    per_class = Table("class", "recall", "images", box=None)
     for name, recall, support in zip(classes, best.metrics.per_class_recall, best.metrics.support, strict=True):
         per_class.add_row(name, f"{recall:.1%}", str(support))
     console.print(per_class)
     if len(classes) <= 15:
-        confusion = Table("true \\ predicted", *classes, box=None, title="confusion matrix (rows: true class)")
+        console.print("\nconfusion matrix (rows: true class)", soft_wrap=True)
+        confusion = Table("true \\ predicted", *classes, box=None)
         for name, row in zip(classes, best.metrics.confusion, strict=True):
             confusion.add_row(name, *(str(count) for count in row))
         console.print(confusion)

@@ -351,3 +351,16 @@ def test_parquet_output_and_resume(rand_clip: ModelFiles, photos: list[Path], tm
         if row["path"] in expected:
             assert {k: row[k] for k in ("path", "label", "score", "top_k")} == expected[row["path"]]
     assert run("classify", str(photos[0]), "-l", "a,b", "-f", "parquet")[0] == EXIT_USAGE  # needs --output
+
+
+def test_one_label_with_softmax_scores_warns(
+    rand_clip: ModelFiles, rand_sigmoid: ModelFiles, photos: list[Path]
+) -> None:
+    """One softmax label scores every image 1.0: classify says so; SigLIP-style sigmoid scores need no warning."""
+    code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat", "-f", "jsonl", *rand_clip.args)
+    assert code == EXIT_OK and jsonl(stdout)[0]["score"] == 1.0
+    assert "one label, so every image scores 1.0" in stderr and "-l 'cat,something else'" in stderr
+    _, _, stderr = run("classify", str(photos[0]), "-l", "cat,dog", *rand_clip.args)
+    assert "one label" not in stderr
+    code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat", "-f", "jsonl", *rand_sigmoid.args)
+    assert code == EXIT_OK and jsonl(stdout)[0]["score"] < 1.0 and "one label" not in stderr

@@ -109,6 +109,7 @@ def test_eval_table_plot_and_unreadable_images(tiny_clip: ModelFiles, tmp_path: 
     code, stdout, stderr = run_eval(str(tmp_path / "data"), "--plot", str(plot), *tiny_clip.args)
     assert code == EXIT_SKIPPED and "skipped" in stderr and "broken.png" in stderr
     assert "top-1" in stdout and "red_circle" in stdout and "confusion matrix" in stdout
+    assert str(tiny_clip.checkpoint) in stdout.splitlines()[1]  # in a pipe, the table is not cut to 80 columns
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
