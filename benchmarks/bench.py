@@ -208,6 +208,67 @@ class Bench:
             f"{t_model / t_ours:.0%} of model-only; {t_ref / t_ours:.2f}x reference",
         )
 
+    def stages(self, model_name: str, checkpoint: Path, paths: list[Path], label: str) -> None:
+        """Where the time goes when JPEGs are decoded on the device, stage by stage over the same batches:
+        reading and checking the files on threads, decoding and resizing on the device, the image encoder,
+        then scoring and writing the results. End to end runs them overlapped; each stage alone is a ceiling."""
+        import torch
+
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.device_decode import DeviceGeometry, decode_batch, read_jpeg
+        from clipzs.output import JsonlWriter
+
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
+        zsc.build(["cat", "dog", "rocket", "coffee"], "simple", use_cache=False)
+        assert zsc.model.pixels is not None
+        geometry = DeviceGeometry.of(zsc.model.pixels.geometry)
+        assert geometry is not None
+        device, bs = zsc.model.device, self.args.batch_size
+        workers = self.args.workers or min(32 if device.type == "cuda" else 8, os.cpu_count() or 1)
+
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def read() -> list:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                jpegs = list(pool.map(read_jpeg, paths))
+            assert all(jpegs), "the corpus is plain JPEGs"
+            return [jpegs[i : i + bs] for i in range(0, len(jpegs), bs)]
+
+        batches = read()
+        decoded: list = []
+
+        def decode() -> None:
+            decoded[:] = [decode_batch(batch, device, geometry) for batch in batches]
+            sync()
+
+        def encode() -> None:
+            for pixels in decoded:
+                zsc.model.encode_prepared(pixels)  # ends with the features on the CPU
+
+        decode()
+        features = [zsc.model.encode_prepared(pixels) for pixels in decoded]
+
+        def score() -> None:
+            with open(os.devnull, "w") as sink:
+                writer = JsonlWriter(sink)
+                for batch, rows in zip(batches, features, strict=True):
+                    for prediction in zsc.predict([(j.path, row) for j, row in zip(batch, rows, strict=True)], 5):
+                        writer.write(prediction)
+
+        encode()  # warm-up
+        times = interleaved([read, decode, encode, score], self.args.repeats)
+        total = sum(times)
+        for stage, seconds in zip(
+            ("read and check files", "decode and resize", "image encoder", "score and write"), times, strict=True
+        ):
+            self.row(
+                f"{model_name} {label}: stage alone: {stage}",
+                f"{len(paths) / seconds:.1f} img/s",
+                f"{seconds / total:.0%} of the stages' sum",
+            )
+
     # -- whole commands ------------------------------------------------------------------------------------
     def reclassify(self, model_name: str, checkpoint: Path, paths: list[Path]) -> None:
         """A folder classified once, then again with other labels: whole commands, and the library's phase."""
@@ -520,6 +581,8 @@ def main() -> None:
             if "images" in parts:
                 bench.images(name, checkpoint, small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
                 bench.images(name, checkpoint, phone, "12 MP")
+            if "stages" in parts:
+                bench.stages(name, checkpoint, small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
             if "reclassify" in parts:
                 bench.reclassify(name, checkpoint, small)
             if "ray" in parts:

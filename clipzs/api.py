@@ -64,8 +64,7 @@ class ZeroShotClassifier:
     ) -> ZeroShotClassifier:
         """Load an open_clip model: ``pretrained`` is a tag or a local checkpoint file. ``precision``: how the
         image tower computes (``LoadedModel.with_precision``)."""
-        loaded = load_model(model, pretrained, model_config=model_config, device=device)
-        return cls(loaded.with_precision(precision))
+        return cls(load_model(model, pretrained, model_config=model_config, device=device, precision=precision))
 
     @classmethod
     def from_classifier_file(
@@ -87,6 +86,7 @@ class ZeroShotClassifier:
                 pretrained or meta.get("pretrained", ""),
                 model_config=model_config or _existing(meta.get("model_config")),
                 device=device,
+                precision=precision,
             )
         except ClipzsError as e:
             if model or pretrained or model_config:
@@ -94,7 +94,7 @@ class ZeroShotClassifier:
             hint = f"{path} names this model; point at it with --pretrained/--model-config"
             raise type(e)(f"{e} ({hint})") from e
         classifier.check_model(loaded.fingerprint, loaded.name, source=str(path))
-        return cls(loaded.with_precision(precision), classifier)
+        return cls(loaded, classifier)
 
     def build(
         self,

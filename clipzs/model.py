@@ -262,23 +262,35 @@ def load_model(
     *,
     model_config: str | os.PathLike[str] | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> LoadedModel:
     """Create an open_clip model with its weights, in eval mode on the resolved device.
 
     ``pretrained`` is an open_clip tag (downloaded from the hub on first use, then read from its cache) or
     the path of a local checkpoint (a state dict saved with torch.save, or safetensors). ``model_config`` is
     a custom open_clip model config JSON; the model is then named after the file unless ``name`` is given.
+    ``precision``: how the image tower computes (``LoadedModel.with_precision``).
     """
     if _resident is None:
-        return _load_model(name, pretrained, model_config=model_config, device=device)
+        return _load_model(name, pretrained, model_config=model_config, device=device).with_precision(precision)
     weights = _file_state(pretrained)  # a file is known by what it resolves to, however it is written
     key = (name, pretrained if weights is None else "", device, weights, _file_state(model_config))
+    base = _remembered(key, lambda: _load_model(name, pretrained, model_config=model_config, device=device))
+    if resolve_precision(base.device, precision) == base.precision:
+        return base
+    return _remembered((*key, precision), lambda: base.with_precision(precision))  # a cast copy takes seconds
+
+
+def _remembered(key: tuple[Any, ...], load: Callable[[], LoadedModel]) -> LoadedModel:
+    """The resident model under ``key``, loaded now if it is not (or no longer) there."""
+    assert _resident is not None
     if key in _resident:
         _resident.move_to_end(key)
         return _resident[key]
     started = time.perf_counter()
-    loaded = _load_model(name, pretrained, model_config=model_config, device=device)
-    logger.info("loaded %s (%s) in %.1f s", loaded.name, pretrained, time.perf_counter() - started)
+    loaded = load()
+    spent = time.perf_counter() - started
+    logger.info("loaded %s (%s, %s) in %.1f s", loaded.name, loaded.pretrained, loaded.precision, spent)
     _resident[key] = loaded
     while len(_resident) > _resident_limit:
         _resident.popitem(last=False)

@@ -136,6 +136,14 @@ def test_int8_leaves_the_resident_model_as_it_was(resident: Server, tiny_clip: M
     assert len(served(resident)) == 2
 
 
+def test_a_precision_copy_is_kept_loaded_too(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    args = ["classify", str(folder), "-l", "circle,square,triangle", "-f", "jsonl", *tiny_clip.args]
+    own = clipzs(*args, "--precision", "bf16", local=True)
+    first, second = clipzs(*args, "--precision", "bf16"), clipzs(*args, "--precision", "bf16")
+    assert first.stdout == second.stdout == own.stdout
+    assert sum(", bf16) in" in line for line in resident.log_lines()) == 1  # cast once, then kept
+
+
 def raw_client() -> socket.socket:
     """A connection the server has taken (its ready frame read), that has sent nothing yet."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
