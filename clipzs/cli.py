@@ -43,6 +43,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+FLAG = ""
+"""The metavar of an on/off option: Typer would otherwise show its type, <bool>, as if it took a value."""
 LabelsOpt = Annotated[
     Optional[str],
     typer.Option("--labels", "-l", help="Comma-separated labels; a label may carry aliases: 'cat=cat|kitten,dog'."),
@@ -79,12 +81,17 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="How the image encoder computes: auto (fp16 on a GPU, else fp32), fp32, bf16 (CPUs with AMX or "
-        "AVX-512 BF16: several times faster), fp16 (GPU) or int8 (CPU). Other than fp32: slightly different scores.",
+        help="How the image encoder computes: auto (fp16 on a CUDA GPU, else fp32), fp32, bf16 (CPUs with AMX or "
+        "AVX-512 BF16: several times faster), fp16 (CUDA) or int8 (CPU). Other than fp32: slightly different scores.",
     ),
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", metavar=FLAG, help="No progress bar, no summary; skipped files are still named."),
+]
 NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Neither read nor write the caches (classifiers, image features).")
+    bool,
+    typer.Option("--no-cache", metavar=FLAG, help="Neither read nor write the caches (classifiers, image features)."),
 ]
 
 
@@ -99,7 +106,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option("--version", metavar=FLAG, callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Zero-shot image classification with CLIP models."""
@@ -148,10 +156,10 @@ def classify(
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+    quiet: QuietOpt = False,
     no_cache: NoCacheOpt = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Append to --output, skipping the paths it already holds.")
+        bool, typer.Option("--resume", metavar=FLAG, help="Append to --output, skipping the paths it already holds.")
     ] = False,
     engine: Annotated[
         str, typer.Option("--engine", help="local, or ray: Ray Data on a cluster (RAY_ADDRESS) or a local instance.")
@@ -418,13 +426,16 @@ def sort_images(
     min_score: Annotated[
         float, typer.Option("--min-score", help="Below this score an image goes to DEST/unsorted/.")
     ] = 0.0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan as JSON Lines; touch nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", metavar=FLAG, help="Print the plan as JSON Lines; touch nothing.")
+    ] = False,
     manifest: Annotated[
         Optional[Path], typer.Option("--manifest", help="[default: DEST/clipzs-manifest.jsonl]")
     ] = None,
     undo_manifest: Annotated[
         Optional[Path], typer.Option("--undo", help="Undo the sort this manifest records, then stop.")
     ] = None,
+    quiet: QuietOpt = False,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Put each image into DEST/<label>/; never overwrites, writes a manifest that --undo reverses."""
@@ -439,7 +450,8 @@ def sort_images(
                 counts[outcome] = counts.get(outcome, 0) + 1
                 if outcome.startswith("left"):
                     console.print(f"clipzs: {printable(step.destination)}: {outcome}")
-            console.print("clipzs: undo: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+            if not quiet:
+                console.print("clipzs: undo: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
             return
         if src is None or dest is None:
             raise UsageError("give SRC and DEST, or --undo MANIFEST")
@@ -469,7 +481,8 @@ def sort_images(
             typer.echo(json.dumps(dataclasses.asdict(step), ensure_ascii=False))
             count += 1
         verb = "would sort" if dry_run else f"sorted ({mode})"
-        console.print(f"clipzs: {verb} {count} of {len(paths)} images into {dest}")
+        if not quiet:
+            console.print(f"clipzs: {verb} {count} of {len(paths)} images into {dest}")
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
 
@@ -491,7 +504,10 @@ def probe_fit(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing shots and the held-out split.")] = 0,
     blend: Annotated[
-        bool, typer.Option("--blend", help="Blend with the zero-shot classifier, the weight chosen on held-out images.")
+        bool,
+        typer.Option(
+            "--blend", metavar=FLAG, help="Blend with the zero-shot classifier, the weight chosen on held-out images."
+        ),
     ] = False,
     labels_file: Annotated[
         Optional[Path],
@@ -591,8 +607,10 @@ def models(
 def serve(
     idle: Annotated[float, typer.Option("--idle", min=1, help="Stop after this many minutes without a command.")] = 30,
     models: Annotated[int, typer.Option("--models", min=1, help="How many models to keep loaded.")] = 2,
-    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it listens.")] = False,
-    stop: Annotated[bool, typer.Option("--stop", help="Stop the running server.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", metavar=FLAG, help="Run in the background; return once it listens.")
+    ] = False,
+    stop: Annotated[bool, typer.Option("--stop", metavar=FLAG, help="Stop the running server.")] = False,
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Load this model now instead of at the first command.")
     ] = None,

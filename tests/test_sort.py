@@ -71,6 +71,10 @@ def test_dry_run_touches_nothing(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     )
     assert code == EXIT_OK and len(stdout.splitlines()) == 6 and "would sort 6" in stderr
     assert not (tmp_path / "dest").exists()
+    code, again, stderr = sort(
+        str(tmp_path / "src"), str(tmp_path / "dest"), "-l", ",".join(SHAPES), "--dry-run", "-q", *tiny_clip.args
+    )
+    assert code == EXIT_OK and again == stdout and stderr == ""  # -q: the plan, no summary
 
 
 def test_move_then_undo_restores_everything(tiny_clip: ModelFiles, tmp_path: Path) -> None:
