@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +92,82 @@ def test_device_decoding_needs_the_usual_preprocess(tiny: ZeroShotClassifier) ->
             list(tiny.classify_paths([Path("x.jpg")], device_decode=True))
     finally:
         tiny.model.pixels = pixels
+
+
+XMP_ROTATED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def jpeg_variants() -> dict[str, bytes]:
+    """JPEGs (and not-quite JPEGs) whose headers differ in what decides the device path."""
+    from PIL import Image
+
+    photo = Image.new("RGB", (64, 48), (200, 30, 30))
+
+    def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    def exif(orientation: int | None, endian: str = "<") -> bytes:
+        block = Image.Exif()
+        block.endian = endian
+        block[0x010F] = "camera"  # Make: an EXIF block that is not only the orientation
+        if orientation is not None:
+            block[0x0112] = orientation
+        return block.tobytes()
+
+    variants = {
+        "plain": encoded(photo),
+        "progressive": encoded(photo, progressive=True),
+        "grey": encoded(photo.convert("L")),
+        "cmyk": encoded(photo.convert("CMYK")),
+        "exif-upright-ii": encoded(photo, exif=exif(1)),
+        "exif-upright-mm": encoded(photo, exif=exif(1, ">")),
+        "exif-rotated-ii": encoded(photo, exif=exif(6)),
+        "exif-rotated-mm": encoded(photo, exif=exif(8, ">")),
+        "exif-no-orientation": encoded(photo, exif=exif(None)),
+        "xmp-rotated": encoded(photo, xmp=XMP_ROTATED),
+        "exif-without-orientation-xmp-rotated": encoded(photo, exif=exif(None), xmp=XMP_ROTATED),
+        "mpo": encoded(photo, "MPO", save_all=True, append_images=[photo]),
+        "png": encoded(photo, "PNG"),
+        "empty": b"",
+    }
+    variants["truncated-header"] = variants["exif-upright-ii"][:40]
+    return variants
+
+
+def test_the_quick_header_check_never_contradicts_pillow() -> None:
+    """plain_jpeg answers from the segment headers where they settle it, and then always as Pillow would."""
+    from clipzs.device_decode import _pillow_says_plain, plain_jpeg
+
+    verdicts = {name: (plain_jpeg(data), _pillow_says_plain(data)) for name, data in jpeg_variants().items()}
+    for name, (quick, pillow) in verdicts.items():
+        assert quick is None or quick == pillow, name
+    answered = ["plain", "progressive", "grey", "png", "empty"]
+    answered += [name for name in verdicts if name.startswith("exif-") and "xmp" not in name]
+    assert all(verdicts[name][0] is not None for name in answered)  # the quick check does the common cases
+    assert verdicts["plain"] == verdicts["exif-upright-mm"] == (True, True)
+    assert verdicts["exif-rotated-mm"] == (False, False) and verdicts["cmyk"][1] is False
+    assert verdicts["xmp-rotated"][1] is False and verdicts["mpo"][1] is False
+
+
+def test_damaged_headers_are_never_taken_for_plain_jpegs() -> None:
+    """Random damage to the header bytes of JPEGs with EXIF blocks: where the quick check says plain, so does
+    Pillow (where it says otherwise, the CPU path reads the file and reports what is wrong)."""
+    from clipzs.device_decode import _pillow_says_plain, plain_jpeg
+
+    rng = np.random.default_rng(0)
+    sources = [data for name, data in jpeg_variants().items() if name.startswith("exif-")]
+    trusted = 0
+    for i in range(1000):
+        data = bytearray(sources[i % len(sources)])
+        header = data.index(b"\xff\xda")  # up to the start of the scan
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(2, header))] = int(rng.integers(0, 256))
+        if plain_jpeg(data):
+            trusted += 1
+            assert _pillow_says_plain(data), bytes(data[:200])
+    assert trusted > 0  # some damage (a camera name, a padding byte) leaves the answer standing
