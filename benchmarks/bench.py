@@ -215,7 +215,8 @@ class Bench:
         import torch
 
         from clipzs.api import ZeroShotClassifier
-        from clipzs.device_decode import DeviceGeometry, decode_batch, read_jpeg
+        from clipzs.device_decode import FILES_PER_TASK, DeviceGeometry, decode_batch, read_jpeg
+        from clipzs.images import ordered_map
         from clipzs.output import JsonlWriter
 
         zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
@@ -231,8 +232,9 @@ class Bench:
                 torch.cuda.synchronize()
 
         def read() -> list:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                jpegs = list(pool.map(read_jpeg, paths))
+            """As ``encode_paths`` reads for the device: FILES_PER_TASK files per task on the decode threads."""
+            chunks = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+            jpegs = [j for _, read in ordered_map(lambda c: [read_jpeg(p) for p in c], chunks, workers) for j in read]
             assert all(jpegs), "the corpus is plain JPEGs"
             return [jpegs[i : i + bs] for i in range(0, len(jpegs), bs)]
 
@@ -257,12 +259,17 @@ class Bench:
                     for prediction in zsc.predict([(j.path, row) for j, row in zip(batch, rows, strict=True)], 5):
                         writer.write(prediction)
 
+        def read_serially() -> None:
+            for path in paths:
+                read_jpeg(path)
+
         encode()  # warm-up
+        t_serial = median_seconds(read_serially, self.args.repeats)
+        self.row(f"{model_name} {label}: read and check files, one thread", f"{len(paths) / t_serial:.1f} img/s")
         times = interleaved([read, decode, encode, score], self.args.repeats)
         total = sum(times)
-        for stage, seconds in zip(
-            ("read and check files", "decode and resize", "image encoder", "score and write"), times, strict=True
-        ):
+        stages = (f"read and check files, {workers} threads", "decode and resize", "image encoder", "score and write")
+        for stage, seconds in zip(stages, times, strict=True):
             self.row(
                 f"{model_name} {label}: stage alone: {stage}",
                 f"{len(paths) / seconds:.1f} img/s",

@@ -34,7 +34,7 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
-from clipzs.device_decode import DeviceGeometry, JpegBytes, read_jpeg, resolve
+from clipzs.device_decode import FILES_PER_TASK, DeviceGeometry, JpegBytes, read_jpeg, resolve
 from clipzs.errors import ClassifierError, ClipzsError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
@@ -234,16 +234,24 @@ class ZeroShotClassifier:
             jpeg = read_jpeg(path) if geometry is not None else None
             return jpeg if jpeg is not None else decode_on_cpu(path)
 
+        def prepare_all(items: tuple[tuple[Path, FileKey | None, Cached | None], ...]) -> list[Item]:
+            return [prepare(item) for item in items]
+
+        # Reading a JPEG for the device takes microseconds: a task per file would cost more in hand-offs between
+        # threads (each taking the GIL) than the reading itself.
+        per_task = FILES_PER_TASK if geometry is not None else 1
         try:
             batch: list[tuple[Path, FileKey | None, Item]] = []
             pending = 0
-            in_flight = max(2 * batch_size, 8 * workers)
-            for (path, key, _), result in ordered_map(prepare, _with_cached(paths, cache), workers, in_flight):
-                batch.append((path, key, result))
-                pending += not isinstance(result, (Cached, ImageError))
-                if pending >= batch_size or len(batch) >= 4 * batch_size:
-                    yield from self._encode_batch(batch, cache, geometry, decode_on_cpu)
-                    batch, pending = [], 0
+            in_flight = max(2 * batch_size, 8 * workers) // per_task
+            tasks = ordered_map(prepare_all, _batched(_with_cached(paths, cache), per_task), workers, in_flight)
+            for items, results in tasks:
+                for (path, key, _), result in zip(items, results, strict=True):
+                    batch.append((path, key, result))
+                    pending += not isinstance(result, (Cached, ImageError))
+                    if pending >= batch_size or len(batch) >= 4 * batch_size:
+                        yield from self._encode_batch(batch, cache, geometry, decode_on_cpu)
+                        batch, pending = [], 0
             yield from self._encode_batch(batch, cache, geometry, decode_on_cpu)
         finally:
             if cache is not None:
