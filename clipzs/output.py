@@ -15,6 +15,8 @@ from clipzs.errors import UsageError
 from clipzs.prediction import SCORE_DIGITS, Prediction
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from clipzs.evaluate import Run
 
 FORMATS = ("jsonl", "csv", "table", "parquet")
@@ -190,10 +192,9 @@ class TableWriter:
     """A rich table for a terminal, printed when the run ends; control characters in names are escaped."""
 
     def __init__(self, stream: IO[str]) -> None:
-        from rich.console import Console
         from rich.table import Table
 
-        self.console = Console(file=stream, highlight=False)
+        self.console = results_console(stream)
         self.table = Table("path", "label", "score", "runner-up", box=None, header_style="bold")
 
     def write(self, prediction: Prediction) -> None:
@@ -222,11 +223,10 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
         json.dump({"classes": list(classes), "runs": [run.to_dict(classes) for run in runs]}, stream, indent=2)
         stream.write("\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
     wide = None if stream.isatty() else 1_000  # in a file or a pipe, nothing is cut to fit 80 columns
-    console = Console(file=stream, highlight=False, width=wide)
+    console = results_console(stream, width=wide)
     summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
     for run in runs:
         m = run.metrics
@@ -258,6 +258,18 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
 def _fixed(score: float | None) -> str:
     """A score in fixed notation (0.000010, not 1e-05), as spreadsheets and people read it."""
     return "" if score is None else f"{score:.{SCORE_DIGITS}f}"
+
+
+def results_console(stream: IO[str], width: int | None = None) -> Console:
+    """A rich console for results on ``stream``. When the reader has gone (``| head``), it raises
+    BrokenPipeError like the other writers, where rich's own would exit with status 1 by itself."""
+    from rich.console import Console
+
+    class ResultsConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return ResultsConsole(file=stream, highlight=False, width=width)
 
 
 def silence(stream: IO[str]) -> None:

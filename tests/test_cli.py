@@ -210,6 +210,18 @@ def test_a_closed_pipe_ends_quietly() -> None:
     assert proc.wait(timeout=60) == EXIT_BROKEN_PIPE and stderr == ""
 
 
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
+def test_a_closed_pipe_ends_quietly_in_every_format(rand_clip: ModelFiles, photos: list[Path], fmt: str) -> None:
+    """`clipzs classify ... -f table | true`: the same quiet SIGPIPE status whatever writes the results."""
+    command = [sys.executable, "-m", "clipzs", "classify", *map(str, photos), "-l", "a,b", "-f", fmt, *rand_clip.args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr
+
+
 def test_weights_of_another_model_say_so(tiny_clip: ModelFiles, rand_clip: ModelFiles, photos: list[Path]) -> None:
     code, _, stderr = run(
         "classify",
