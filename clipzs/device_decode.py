@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ import torch
 from PIL import Image
 
 ORIENTATION_TAG = 0x0112
+X_RESOLUTION_TAG = 0x011A
+MAX_FILE_BYTES = 1 << 30
+"""Larger files are left to the CPU path rather than read whole into memory on a decode thread."""
 FILES_PER_TASK = 16
 """Files a decode thread reads per task for the device: on 2 CPU threads, 14,600 files/s against 10,500 with a
 task per file (``benchmarks/bench.py --parts stages``)."""
@@ -91,89 +95,103 @@ def read_jpeg(path: Path) -> JpegBytes | None:
     Decode threads run this for every file. ``plain_jpeg`` answers for most files by walking the JPEG's
     segment headers; Pillow is asked only where it cannot tell, since Pillow's parser is Python holding the
     GIL, which many threads then queue for (measured: per-file Pillow checks on 2 to 32 threads ran 2 to 3
-    times slower than on one).
+    times slower than on one). Only regular files of a JPEG's size that start like a JPEG are read whole: a
+    pipe (``<(...)``) is left unread for the CPU path, which reads it once.
     """
     try:
-        with open(path, "rb") as f:
-            data = bytearray(os.fstat(f.fileno()).st_size)  # writable, so torch can share it without a copy
-            if f.readinto(data) != len(data) or f.read(1):
-                return None  # the file changed while it was read: the CPU path reads it again
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block here, nor lose bytes
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not 3 <= info.st_size <= MAX_FILE_BYTES:
+            return None
+        data = bytearray(info.st_size)  # writable, so torch can share it without a copy
+        with open(fd, "rb", closefd=False) as f:
+            if f.readinto(memoryview(data)[:3]) != 3 or data[:3] != b"\xff\xd8\xff":
+                return None  # not a JPEG: not worth reading whole here
+            if f.readinto(memoryview(data)[3:]) != len(data) - 3 or f.read(1):
+                return None  # the file changed while it was read: the CPU path reads it again
+    except (OSError, MemoryError):
+        return None
+    finally:
+        os.close(fd)
     plain = plain_jpeg(data)
     if plain is None:
         plain = _pillow_says_plain(data)
-    return JpegBytes(path, torch.frombuffer(data, dtype=torch.uint8)) if plain and data else None
+    return JpegBytes(path, torch.frombuffer(data, dtype=torch.uint8)) if plain else None
 
 
 def _pillow_says_plain(data: bytes | bytearray) -> bool:
     """Pillow's answer to ``plain_jpeg``'s question: a JPEG in RGB or L, with no EXIF orientation to apply."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return (
-                image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(ORIENTATION_TAG, 1) == 1
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as ``images.load_image``
+            with Image.open(io.BytesIO(data)) as image:
+                return (
+                    image.format == "JPEG"
+                    and image.mode in ("RGB", "L")
+                    and image.getexif().get(ORIENTATION_TAG, 1) == 1
+                )
     except Exception:  # noqa: BLE001 - anything odd is left to the CPU path, which reports it properly
         return False
 
 
 _SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman: what nvJPEG decodes
-_SEGMENTS = frozenset({*range(0xC0, 0xD0), 0xDB, 0xDC, 0xDD, 0xDF, *range(0xE0, 0xF0), 0xFE} - {0xC8})
+_SEGMENTS = frozenset({*range(0xC0, 0xD0), 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, *range(0xE0, 0xF0), 0xFE} - {0xC8})
 """Markers that Pillow, like the JPEG standard, reads as a length and a segment (0xFFDE it reads as a frame)."""
 
 
 def plain_jpeg(data: bytes | bytearray) -> bool | None:
     """Whether Pillow would open ``data`` as a JPEG in RGB or L with no orientation to apply, from the segment
-    headers alone: True or False where they settle it, None where Pillow must be asked (an Adobe, XMP or
-    multi-picture segment, several EXIF blocks, an EXIF block out of the ordinary, a 12-bit or arithmetic-coded
-    image). Never True where Pillow would say otherwise; tests compare the two on a corpus of odd files."""
+    headers alone: True or False where they settle it, None where Pillow must be asked (Adobe, XMP, Photoshop or
+    multi-picture segments, several EXIF blocks or one out of the ordinary, a 12-bit, arithmetic-coded, empty or
+    oversized frame). Never True where Pillow would say otherwise; tests compare the two on crafted and randomly
+    damaged files."""
     if not data.startswith(b"\xff\xd8\xff"):
         return False  # not a JPEG to Pillow either
     pos, size = 2, len(data)
-    exif: int | None = None  # orientation from the EXIF block, 0 where it has none
-    xmp_orientation = False
-    components = 0
-    while pos + 4 <= size:
-        if data[pos] != 0xFF:
-            return None
+    orientation: int | None = None  # from the EXIF block
+    frame: bytes | bytearray = b""
+    while True:
+        if pos + 4 > size or data[pos] != 0xFF:
+            return None  # cut short, or bytes between segments that Pillow would skip: let it
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker == 0xDA:  # start of scan: Pillow has read every header it reads
-            break
         if marker not in _SEGMENTS:
             return None  # a marker Pillow does not know, reads without a length, or reads as a frame header
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         segment = data[pos + 4 : pos + 2 + length]
-        if length < 2 or len(segment) != length - 2:
+        if length < 2 or len(segment) != length - 2 or not _pillow_parses(marker, segment):
             return None
-        if not _pillow_parses(marker, segment):
-            return None
+        if marker == 0xDA:  # start of scan: Pillow has read every header it reads
+            break
         if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
-            if exif is not None:
-                return None
-            exif = _exif_orientation(bytes(segment[6:]))
-            if exif is None:
+            if orientation is not None:
+                return None  # Pillow joins the blocks
+            orientation = _exif_orientation(bytes(segment[6:]))
+            if orientation is None:
                 return None
         elif marker == 0xE1 and b"Orientation" in segment:
-            xmp_orientation = True  # Pillow reads an XMP orientation where EXIF has none
-        elif marker == 0xE2 and segment.startswith(b"MPF\x00"):
-            return None  # Pillow may open it as MPO
-        elif marker == 0xEE:
-            return None  # Adobe: colour transforms
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if components or marker not in _SOF_HUFFMAN or segment[0] != 8:
+            return None  # XMP: Pillow reads its orientation wherever EXIF's does not reach
+        elif (marker == 0xE2 and segment.startswith(b"MPF\x00")) or marker in (0xED, 0xEE):
+            return None  # multi-picture (Pillow may open it as MPO), Photoshop, Adobe (colour transforms)
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xCC):
+            if frame or marker not in _SOF_HUFFMAN or segment[0] != 8:
                 return None
-            components = segment[5]
+            frame = segment
         pos += 2 + length
-    else:
-        return None  # no scan: truncated
+    if not frame:
+        return None
+    height, width, components = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    limit = Image.MAX_IMAGE_PIXELS
+    if not height or not width or (limit and width * height > 2 * limit):
+        return None  # Pillow refuses it (and the CPU path says why)
     if components not in (1, 3):
-        return False if components else None  # CMYK and the like: the CPU path converts them
-    if exif:
-        return exif == 1
-    return None if xmp_orientation else True
+        return False  # CMYK and the like: the CPU path converts them
+    return orientation in (None, 1)
 
 
 def _pillow_parses(marker: int, segment: bytes | bytearray) -> bool:
@@ -194,8 +212,9 @@ def _pillow_parses(marker: int, segment: bytes | bytearray) -> bool:
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
-    """The orientation tag (0x0112) of an EXIF block's first IFD, 0 where it has none, None where the block is
-    out of the ordinary (then Pillow decides)."""
+    """The orientation tag (0x0112) of an EXIF block's first IFD (1, upright, where it has none), or None where
+    the block is out of the ordinary and Pillow must decide: an odd structure, an odd orientation entry, or an
+    X resolution that is not a fraction (Pillow reads it while opening, and fails on some such)."""
     order: Literal["little", "big"]
     if tiff.startswith(b"II*\x00"):
         order = "little"
@@ -210,13 +229,16 @@ def _exif_orientation(tiff: bytes) -> int | None:
     entries = tiff[ifd + 2 : ifd + 2 + 12 * count]
     if len(entries) != 12 * count:
         return None
+    orientation = None
     for i in range(0, len(entries), 12):
-        if int.from_bytes(entries[i : i + 2], order) == ORIENTATION_TAG:
-            kind, n = int.from_bytes(entries[i + 2 : i + 4], order), int.from_bytes(entries[i + 4 : i + 8], order)
-            if kind != 3 or n != 1:  # one SHORT, as written by every camera
-                return None
-            return int.from_bytes(entries[i + 8 : i + 10], order)
-    return 0
+        tag, kind = int.from_bytes(entries[i : i + 2], order), int.from_bytes(entries[i + 2 : i + 4], order)
+        if tag == X_RESOLUTION_TAG and kind != 5:  # not a RATIONAL
+            return None
+        if tag == ORIENTATION_TAG:
+            if orientation is not None or kind != 3 or int.from_bytes(entries[i + 4 : i + 8], order) != 1:
+                return None  # twice, or not the one SHORT that cameras write
+            orientation = int.from_bytes(entries[i + 8 : i + 10], order)
+    return 1 if orientation is None else orientation
 
 
 def decode_batch(

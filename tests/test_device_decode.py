@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,59 @@ def test_damaged_headers_are_never_taken_for_plain_jpegs() -> None:
             trusted += 1
             assert _pillow_says_plain(data), bytes(data[:200])
     assert trusted > 0  # some damage (a camera name, a padding byte) leaves the answer standing
+
+
+def with_segments(jpeg: bytes, *segments: tuple[int, bytes]) -> bytes:
+    """``jpeg`` with these (marker, payload) segments inserted right after its start-of-image marker."""
+    head = b"".join(bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body for marker, body in segments)
+    return jpeg[:2] + head + jpeg[2:]
+
+
+def exif_block(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """An APP1 EXIF payload: little-endian TIFF, IFD0 at 8 with (tag, type, count, value) entries."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHL", *e[:3]) + e[3] for e in entries)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<L", 8) + ifd + struct.pack("<L", 0)
+
+
+def test_headers_that_pillow_reads_otherwise_are_left_to_it() -> None:
+    """Found by review: each of these made the quick check say plain where Pillow does not."""
+    from clipzs.device_decode import _pillow_says_plain, plain_jpeg
+
+    jpeg = jpeg_variants()["plain"]
+    sof = jpeg.index(b"\xff\xc0")
+    upright, rotated_0 = struct.pack("<HH", 1, 0), struct.pack("<HH", 0, 0)
+    past_the_end = struct.pack("<L", 60000)
+    cases = {
+        # Pillow stops reading the EXIF block at the bad offset, so it takes the XMP orientation instead
+        "exif cut short, xmp rotated": with_segments(
+            jpeg,
+            (0xE1, exif_block((0x010F, 2, 8, past_the_end), (0x0112, 3, 1, upright))),
+            (0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + XMP_ROTATED),
+        ),
+        "orientation 0": with_segments(jpeg, (0xE1, exif_block((0x0112, 3, 1, rotated_0)))),
+        "photoshop block cut short": with_segments(jpeg, (0xED, b"Photoshop 3.0\x008BIM\x04\x04")),
+        "x resolution of one byte": with_segments(
+            jpeg, (0xE1, exif_block((0x011A, 7, 1, b"\x05\0\0\0"), (0x0128, 3, 1, struct.pack("<HH", 2, 0))))
+        ),
+        "height 0": jpeg[: sof + 5] + b"\x00\x00" + jpeg[sof + 7 :],
+        "decompression bomb": jpeg[: sof + 5] + struct.pack(">HH", 20000, 20000) + jpeg[sof + 9 :],
+        "cut after the scan header's length": jpeg[: jpeg.index(b"\xff\xda") + 4],
+    }
+    for name, data in cases.items():
+        assert _pillow_says_plain(data) is False, name
+        assert plain_jpeg(data) is not True, name
+    assert plain_jpeg(with_segments(jpeg, (0xE1, exif_block((0x0112, 3, 1, upright))))) is True
+
+
+def test_only_regular_files_of_a_jpegs_size_are_read_for_the_device(tmp_path: Path) -> None:
+    """A directory, an empty file, a huge (sparse) file and a pipe are left unread for the CPU path, at once."""
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with open(tmp_path / "huge.jpg", "wb") as f:
+        f.write(jpeg_variants()["plain"])
+        f.truncate(2 << 30)
+    os.mkfifo(tmp_path / "pipe.jpg")  # no writer: opening it for reading would block
+    for name in ("folder.jpg", "empty.jpg", "huge.jpg", "pipe.jpg"):
+        assert read_jpeg(tmp_path / name) is None, name
+    (tmp_path / "photo.jpg").write_bytes(jpeg_variants()["plain"])
+    assert read_jpeg(tmp_path / "photo.jpg") is not None
