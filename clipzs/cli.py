@@ -200,8 +200,13 @@ def classify(
                     return
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown engine {engine!r}: use local or ray")
+        if engine == "ray":
+            from clipzs.device import check_precision_name
+
+            check_precision_name(precision)  # the actors check it against their own devices
+        here = precision if engine == "local" else "auto"  # this process only encodes the prompts
         zsc = _classifier(
-            classifier, labels, labels_file, templates, model, pretrained, model_config, device, precision, no_cache
+            classifier, labels, labels_file, templates, model, pretrained, model_config, device, here, no_cache
         )
         _warn_one_label(console, zsc)
         skipped = 0

@@ -44,17 +44,22 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> str:
     (``LoadedModel.with_precision``), which is several times faster than fp32 where the CPU multiplies
     bfloat16 natively (Intel AMX, AVX-512 BF16) and slower where it does not.
     """
-    if requested not in PRECISIONS:
-        raise UsageError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision_name(requested)
     if requested == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if requested == "int8" and device.type != "cpu":
         raise UsageError("int8 is for the CPU: on a GPU, fp16 (the default there) or bf16")
     if requested == "fp16" and device.type != "cuda":
-        raise UsageError("fp16 is for CUDA GPUs: on a CPU, bf16 or int8")
+        raise UsageError("fp16 is for CUDA GPUs" + (": on a CPU, bf16 or int8" if device.type == "cpu" else ""))
     if requested == "bf16" and device.type not in ("cpu", "cuda"):
         raise UsageError(f"bf16 runs on the CPU or a CUDA GPU, not on {device.type}")
     return requested
+
+
+def check_precision_name(requested: str) -> None:
+    """A precision that no device runs is a usage error (``resolve_precision`` also checks the device)."""
+    if requested not in PRECISIONS:
+        raise UsageError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
 
 
 def cache_tag(device: torch.device, precision: str) -> str:

@@ -243,15 +243,16 @@ def encode_tokens_trimmed(model: Any, tokens: torch.Tensor, normalize: bool = Tr
     return torch.nn.functional.normalize(x, dim=-1) if normalize else x
 
 
-_resident: collections.OrderedDict[tuple[Any, ...], LoadedModel] | None = None
-"""Models kept loaded for later commands, most recently used last (``keep_loaded``); None: keep nothing."""
+_resident: collections.OrderedDict[tuple[Any, ...], dict[str, LoadedModel]] | None = None
+"""Models kept loaded for later commands, most recently used last (``keep_loaded``), each with its copies at
+other precisions (``LoadedModel.with_precision``), keyed by precision; None: keep nothing."""
 _resident_limit = 0
 
 
 def keep_loaded(models: int) -> None:
     """Keep up to ``models`` models loaded: ``load_model`` then hands out the same model again while its
-    name, weights file, config file and device are unchanged. For ``clipzs serve``, which runs many commands
-    in one process; 0 turns it off."""
+    name, weights file, config file and device are unchanged, and keeps a copy made at another precision with
+    it (without counting it). For ``clipzs serve``, which runs many commands in one process; 0 turns it off."""
     global _resident, _resident_limit
     _resident, _resident_limit = (collections.OrderedDict() if models > 0 else None), models
 
@@ -275,25 +276,25 @@ def load_model(
         return _load_model(name, pretrained, model_config=model_config, device=device).with_precision(precision)
     weights = _file_state(pretrained)  # a file is known by what it resolves to, however it is written
     key = (name, pretrained if weights is None else "", device, weights, _file_state(model_config))
-    base = _remembered(key, lambda: _load_model(name, pretrained, model_config=model_config, device=device))
-    if resolve_precision(base.device, precision) == base.precision:
-        return base
-    return _remembered((*key, precision), lambda: base.with_precision(precision))  # a cast copy takes seconds
+    versions = _resident.get(key)
+    if versions is None:
+        versions = {}
+        _remember(versions, lambda: _load_model(name, pretrained, model_config=model_config, device=device))
+        _resident[key] = versions
+        while len(_resident) > _resident_limit:
+            _resident.popitem(last=False)  # a model goes with its copies at other precisions
+    _resident.move_to_end(key)
+    base = next(iter(versions.values()))  # the model as loaded; the others are copies of it
+    wanted = resolve_precision(base.device, precision)
+    return versions.get(wanted) or _remember(versions, lambda: base.with_precision(precision))  # casts take seconds
 
 
-def _remembered(key: tuple[Any, ...], load: Callable[[], LoadedModel]) -> LoadedModel:
-    """The resident model under ``key``, loaded now if it is not (or no longer) there."""
-    assert _resident is not None
-    if key in _resident:
-        _resident.move_to_end(key)
-        return _resident[key]
+def _remember(versions: dict[str, LoadedModel], make: Callable[[], LoadedModel]) -> LoadedModel:
     started = time.perf_counter()
-    loaded = load()
+    loaded = make()
     spent = time.perf_counter() - started
     logger.info("loaded %s (%s, %s) in %.1f s", loaded.name, loaded.pretrained, loaded.precision, spent)
-    _resident[key] = loaded
-    while len(_resident) > _resident_limit:
-        _resident.popitem(last=False)
+    versions[loaded.precision] = loaded
     return loaded
 
 

@@ -168,9 +168,15 @@ def classify_on_ray(
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    plan = plan_actors(nodes, workers)
+    import torch
+
+    from clipzs.device import resolve_precision
+
+    resolve_precision(torch.device("cuda" if plan.num_gpus else "cpu"), model.get("precision", "auto"))
     scored = build_dataset(
         paths,
-        plan=plan_actors(nodes, workers),
+        plan=plan,
         model=model,
         classifier=classifier_file.read_bytes(),
         geometry=geometry,

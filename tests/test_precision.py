@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -81,3 +82,35 @@ def test_the_cli_refuses_a_precision_before_loading_the_model(
     )
     assert result.exit_code == EXIT_USAGE
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_server_keeps_a_precision_copy_with_its_model_without_counting_it(
+    tiny_clip: ModelFiles, rand_clip: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for one model, asking for bf16 and int8 copies must not push out the model they copy."""
+    from clipzs import model
+
+    loads: list[str] = []
+    real = model._load_model
+
+    def counted(name: str | None, pretrained: str, **kwargs: Any) -> model.LoadedModel:
+        loads.append(pretrained)
+        return real(name, pretrained, **kwargs)
+
+    def tiny(precision: str) -> model.LoadedModel:
+        return model.load_model(
+            None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu", precision=precision
+        )
+
+    monkeypatch.setattr(model, "_load_model", counted)
+    model.keep_loaded(1)
+    try:
+        got = [tiny(p) for p in ("auto", "bf16", "int8", "fp32")]
+        assert [m.precision for m in got] == ["fp32", "bf16", "int8", "fp32"]
+        assert got[0] is got[3] and len(loads) == 1  # loaded once; the copies made from it, kept beside it
+        assert tiny("bf16") is got[1]
+        model.load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+        tiny("bf16")
+        assert len(loads) == 3  # another model took the one place, and the tiny model's copies went with it
+    finally:
+        model.keep_loaded(0)

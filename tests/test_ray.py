@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from clipzs import ray_engine
 from clipzs.cli import app
-from clipzs.errors import EXIT_SKIPPED
+from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE
 from clipzs.ray_engine import TASK_CPUS, ActorPlan, plan_actors
 from tests.conftest import ModelFiles, jsonl
 
@@ -42,6 +42,23 @@ def test_ray_engine_equals_the_local_engine(
         if "top_k" in a:
             assert [e["score"] for e in a["top_k"]] == pytest.approx([e["score"] for e in b["top_k"]], abs=1e-5)
     assert "skipped" in on_ray.stderr and "INFO" not in on_ray.stderr
+
+
+def test_the_actors_run_at_the_precision_asked_for_on_their_devices(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    """bf16 on Ray gives the local engine's bf16 scores; fp16 on CPU-only actors is refused before they start."""
+    folder = _folder(photos, tmp_path)
+    args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-f", "jsonl", "--no-cache", *rand_clip.args]
+    local = jsonl(CliRunner().invoke(app, [*args, "--precision", "bf16"]).stdout)
+    fp32 = jsonl(CliRunner().invoke(app, args).stdout)
+    on_ray = CliRunner().invoke(app, [*args, "--precision", "bf16", "--engine", "ray"])
+    assert on_ray.exit_code == EXIT_SKIPPED, on_ray.output
+    got = [r.get("score") for r in jsonl(on_ray.stdout)]
+    assert got == pytest.approx([r.get("score") for r in local], abs=1e-5)
+    assert got != [r.get("score") for r in fp32]
+    refused = CliRunner().invoke(app, [*args, "--precision", "fp16", "--engine", "ray"])
+    assert refused.exit_code == EXIT_USAGE and "fp16 is for CUDA GPUs" in refused.stderr
 
 
 def _folder(photos: list[Path], tmp_path: Path) -> Path:
