@@ -694,10 +694,18 @@ def _load_model(
 
 
 def _check_precision(device: str, precision: str) -> None:
-    """A precision the device cannot run fails now, not after seconds of loading the model."""
-    from clipzs.device import resolve_device, resolve_precision
+    """A precision the device cannot run fails now, not after seconds of loading the model; one it runs slowly
+    is worth a warning."""
+    from clipzs import device as devices
 
-    resolve_precision(resolve_device(device), precision)
+    resolved = devices.resolve_device(device)
+    bf16_here = devices.resolve_precision(resolved, precision) == "bf16" and resolved.type == "cpu"
+    if bf16_here and devices.cpu_multiplies_bf16() is False:
+        typer.echo(
+            "clipzs: warning: this CPU has no bfloat16 arithmetic (AMX or AVX-512 BF16), so bf16 is likely slower "
+            "than fp32 here",
+            err=True,
+        )
 
 
 def _classifier(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
@@ -54,6 +55,17 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> str:
     if requested == "bf16" and device.type not in ("cpu", "cuda"):
         raise UsageError(f"bf16 runs on the CPU or a CUDA GPU, not on {device.type}")
     return requested
+
+
+def cpu_multiplies_bf16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX or AVX-512 BF16, Arm BF16), from the flags
+    Linux lists in /proc/cpuinfo; None where it cannot tell."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[-1].split() for line in lines if line.startswith(("flags", "Features"))), None)
+    return None if flags is None else bool({"amx_bf16", "avx512_bf16", "bf16"} & set(flags))
 
 
 def check_precision_name(requested: str) -> None:

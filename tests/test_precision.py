@@ -114,3 +114,32 @@ def test_a_server_keeps_a_precision_copy_with_its_model_without_counting_it(
         assert len(loads) == 3  # another model took the one place, and the tiny model's copies went with it
     finally:
         model.keep_loaded(0)
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_on_a_cpu_without_bfloat16_arithmetic_warns(
+    tiny_clip: ModelFiles, photos: list[Path], monkeypatch: pytest.MonkeyPatch, native: bool | None
+) -> None:
+    monkeypatch.setattr("clipzs.device.cpu_multiplies_bf16", lambda: native)
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0]), "-l", "a,b", "--precision", "bf16", "-f", "jsonl", *tiny_clip.args]
+    )
+    assert result.exit_code == 0, result.output
+    assert ("no bfloat16 arithmetic" in result.stderr) is (native is False)  # unknown (not Linux): no warning
+
+
+def test_the_cpu_flags_are_read_from_proc_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipzs import device
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device, "Path", lambda _: cpuinfo)
+    for text, expected in [
+        ("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n", True),
+        ("processor : 0\nflags : fpu sse avx2\n", False),
+        ("processor : 0\nFeatures : fp asimd bf16 i8mm\n", True),  # Arm
+        ("processor : 0\n", None),
+    ]:
+        cpuinfo.write_text(text)
+        assert device.cpu_multiplies_bf16() is expected, text
+    cpuinfo.unlink()
+    assert device.cpu_multiplies_bf16() is None  # not Linux
