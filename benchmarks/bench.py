@@ -234,7 +234,7 @@ class Bench:
         def read() -> list:
             """As ``encode_paths`` reads for the device: FILES_PER_TASK files per task on the decode threads."""
             chunks = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
-            jpegs = [j for _, read in ordered_map(lambda c: [read_jpeg(p) for p in c], chunks, workers) for j in read]
+            jpegs = [j for _, got in ordered_map(lambda c: [read_jpeg(p) for p in c], chunks, workers) for j in got]
             assert all(jpegs), "the corpus is plain JPEGs"
             return [jpegs[i : i + bs] for i in range(0, len(jpegs), bs)]
 
