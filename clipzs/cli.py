@@ -81,8 +81,9 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="How the image encoder computes: auto (fp16 on a CUDA GPU, else fp32), fp32, bf16 (CPUs with AMX or "
-        "AVX-512 BF16: several times faster), fp16 (CUDA) or int8 (CPU). Other than fp32: slightly different scores.",
+        help="How the image encoder computes: auto (fp16 on a CUDA GPU, else fp32), fp32, bf16 (CUDA, or CPUs with "
+        "AMX or AVX-512 BF16: several times faster), fp16 (CUDA) or int8 (CPU). Other than fp32: slightly different "
+        "scores.",
     ),
 ]
 QuietOpt = Annotated[
@@ -321,7 +322,10 @@ def build_classifier(
 @app.command("eval")
 def evaluate(
     root: Annotated[
-        Path, typer.Argument(help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.")
+        Path,
+        typer.Argument(
+            help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.", metavar="DATASET"
+        ),
     ],
     labels_file: Annotated[
         Optional[Path],
@@ -414,8 +418,10 @@ def evaluate(
 
 @app.command("sort")
 def sort_images(
-    src: Annotated[Optional[Path], typer.Argument(help="The folder (or image) to sort.")] = None,
-    dest: Annotated[Optional[Path], typer.Argument(help="Where DEST/<label>/ folders are made.")] = None,
+    src: Annotated[Optional[Path], typer.Argument(help="The folder (or image) to sort.", metavar="SRC")] = None,
+    dest: Annotated[
+        Optional[Path], typer.Argument(help="Where DEST/<label>/ folders are made.", metavar="DEST")
+    ] = None,
     labels: LabelsOpt = None,
     labels_file: LabelsFileOpt = None,
     classifier: Annotated[
@@ -435,7 +441,8 @@ def sort_images(
         bool, typer.Option("--dry-run", metavar=FLAG, help="Print the plan as JSON Lines; touch nothing.")
     ] = False,
     manifest: Annotated[
-        Optional[Path], typer.Option("--manifest", help="[default: DEST/clipzs-manifest.jsonl]")
+        Optional[Path],
+        typer.Option("--manifest", help="The record of every move, for --undo. [default: DEST/clipzs-manifest.jsonl]"),
     ] = None,
     undo_manifest: Annotated[
         Optional[Path], typer.Option("--undo", help="Undo the sort this manifest records, then stop.")
@@ -501,7 +508,10 @@ app.add_typer(probe_app, name="probe")
 @probe_app.command("fit")
 def probe_fit(
     root: Annotated[
-        Path, typer.Argument(help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.")
+        Path,
+        typer.Argument(
+            help="A folder with one sub-folder per class, or a .csv / .jsonl of path,label.", metavar="DATASET"
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The classifier file to write.")],
     shots: Annotated[
