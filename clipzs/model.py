@@ -290,6 +290,7 @@ def load_model(
 
 
 def _remember(versions: dict[str, LoadedModel], make: Callable[[], LoadedModel]) -> LoadedModel:
+    """Make a model (a load, or a copy at another precision), log how long it took, keep it by precision."""
     started = time.perf_counter()
     loaded = make()
     spent = time.perf_counter() - started
