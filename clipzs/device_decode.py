@@ -138,6 +138,8 @@ def _pillow_says_plain(data: bytes | bytearray) -> bool:
 
 
 _SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman: what nvJPEG decodes
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers: every 0xFFCn but the Huffman and arithmetic tables and 0xFFC8 (reserved)."""
 _SEGMENTS = frozenset({*range(0xC0, 0xD0), 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, *range(0xE0, 0xF0), 0xFE} - {0xC8})
 """Markers that Pillow, like the JPEG standard, reads as a length and a segment (0xFFDE it reads as a frame)."""
 
@@ -178,7 +180,7 @@ def plain_jpeg(data: bytes | bytearray) -> bool | None:
             return None  # XMP: Pillow reads its orientation wherever EXIF's does not reach
         elif (marker == 0xE2 and segment.startswith(b"MPF\x00")) or marker in (0xED, 0xEE):
             return None  # multi-picture (Pillow may open it as MPO), Photoshop, Adobe (colour transforms)
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xCC):
+        elif marker in _FRAMES:
             if frame or marker not in _SOF_HUFFMAN or segment[0] != 8:
                 return None
             frame = segment
@@ -206,7 +208,7 @@ def _pillow_parses(marker: int, segment: bytes | bytearray) -> bool:
         while pos < len(segment):
             pos += 1 + (64 if segment[pos] < 16 else 128)
         return pos == len(segment)
-    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+    if marker in _FRAMES:
         return len(segment) >= 6 and len(segment) == 6 + 3 * segment[5] and segment[5] > 0
     return True
 
