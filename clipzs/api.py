@@ -267,10 +267,10 @@ class ZeroShotClassifier:
             )
         return geometry
 
-    def _feature_cache(self, draft_size: int | None, geometry: DeviceGeometry | None) -> FeatureCache:
+    def _feature_cache(self, draft_size: int | None, geometry: DeviceGeometry | None) -> FeatureCache | None:
         decoder = "device" if geometry else f"draft={draft_size or 0}"
         encoder = f"{self.model.fingerprint}|{self.model.cache_tag}|{decoder}"
-        return FeatureCache(cache_dir() / "features.sqlite3", encoder)
+        return FeatureCache.open(cache_dir() / "features.sqlite3", encoder)
 
     @property
     def scores_sum_to_one(self) -> bool:

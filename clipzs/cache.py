@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +30,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A reader sees the old file or the new one, never a part; a crash leaves at most a stray temporary file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # said of the path asked for, not of the temporary file renamed onto it
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file where a folder is needed
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from e
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

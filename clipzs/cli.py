@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Optional, TextIO
 
 import typer
 
@@ -24,7 +26,7 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
-from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, EXIT_USAGE, ClipzsError, UsageError
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, EXIT_USAGE, ClipzsError, ClipzsWarning, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -187,6 +189,8 @@ def classify(
             raise UsageError(f"no images found in {', '.join(inputs)}{detail}")
         if chosen == "parquet" and output is None:
             raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
+        if output is not None:
+            _check_output_place(output, folder=chosen == "parquet")
         appending = False
         if resume:
             if output is None:
@@ -469,6 +473,8 @@ def sort_images(
             raise UsageError("give SRC and DEST, or --undo MANIFEST")
         if mode not in sorting.MODES:
             raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(sorting.MODES)}")
+        if min_score != min_score:  # nan: no score is below it, nor above
+            raise UsageError("--min-score must be a number: scores run from 0 to 1")
         paths = [p for p in discover([str(src)]) if p.exists()]
         if not paths:
             raise UsageError(f"no images found in {src}")
@@ -789,12 +795,31 @@ def _report_skipped(console: Console, path: str, reason: str) -> None:
 
 @contextlib.contextmanager
 def _errors() -> Iterator[Console]:
-    """Turn clipzs errors into one line on stderr and their exit status; a closed pipe ends quietly."""
+    """Turn clipzs errors into one line on stderr and their exit status, and the library's warnings into one
+    line each; a closed pipe ends quietly."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
     try:
-        yield console
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ClipzsWarning)
+            show_others = warnings.showwarning
+
+            def show(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
+                if issubclass(category, ClipzsWarning):
+                    console.print(f"clipzs: warning: {message}")
+                else:
+                    show_others(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            yield console
     except ClipzsError as e:
         console.print(f"clipzs: error: {e}")
         raise typer.Exit(e.exit_code) from None
@@ -809,6 +834,29 @@ def _errors() -> Iterator[Console]:
 
         silence(sys.stdout)
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except OSError as e:  # a file or folder the command was given or had to write: name it, with the system's reason
+        console.print(f"clipzs: error: {_os_reason(e)}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _os_reason(error: OSError) -> str:
+    """'PATH: reason', as other command-line tools say it."""
+    from clipzs.output import printable
+
+    reason = error.strerror or str(error)
+    names = [n for n in (error.filename, error.filename2) if n is not None]
+    shown = " -> ".join(printable(os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n)) for n in names)
+    return f"{shown}: {reason}" if names else reason
+
+
+def _check_output_place(output: Path, folder: bool) -> None:
+    """Refuse an --output that cannot be written before the model loads, not after."""
+    if not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: {output.parent} is not an existing folder")
+    if folder and output.exists() and not output.is_dir():
+        raise UsageError(f"cannot write Parquet to {output}: it is a file, and Parquet is written to a folder")
+    if not folder and output.is_dir():
+        raise UsageError(f"cannot write {output}: it is a folder")
 
 
 @contextlib.contextmanager

@@ -38,3 +38,11 @@ class ClassifierError(ClipzsError):
 
 class ImageError(ClipzsError):
     """One input cannot be read as an image; the message is the reason, for that input alone."""
+
+
+class ClipzsWarning(UserWarning):
+    """Something the user should know that did not stop the run; the CLI prints it as one line."""
+
+
+class CacheWarning(ClipzsWarning):
+    """A cache could not be used or was repaired; the results are the same, only slower to get."""

@@ -4,6 +4,10 @@ A row holds the L2-normalised features of one image file, keyed by its resolved 
 changed file misses and is re-encoded) and by the encoder key (model weights fingerprint and everything else
 that changes the numbers: precision, decoding). Each batch is written in one transaction, so a run killed at
 any moment leaves every row whole: SQLite's journal takes care of that.
+
+The cache only ever saves work, so it never stops a run: a damaged database file is replaced by a new one, and
+a cache that cannot be opened or written (a read-only folder, a full disk) is left alone for the rest of the
+run, with a ``CacheWarning`` each time.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import contextlib
 import os
 import sqlite3
 import stat
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from clipzs.errors import CacheWarning
 
 SCHEMA_VERSION = 1
 
@@ -49,10 +56,48 @@ class FileKey:
 class FeatureCache:
     """Features of image files for one encoder, stored in an SQLite database."""
 
+    @classmethod
+    def open(cls, database: Path, encoder: str) -> FeatureCache | None:
+        """The cache in ``database``, or None (with a warning) when it cannot be used.
+
+        A file SQLite cannot read as a database (damaged, or not one) is deleted with its journal and made anew.
+        """
+        try:
+            return cls(database, encoder)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) or not database.is_file():
+                _warn(f"cannot open the feature cache {database} ({e}): images are encoded without it")
+                return None
+            damage = e
+        try:
+            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+                path.unlink(missing_ok=True)
+            cache = cls(database, encoder)
+        except (OSError, sqlite3.Error) as e:
+            _warn(
+                f"the feature cache {database} is damaged ({damage}) and cannot be replaced ({e}): images are "
+                "encoded without it"
+            )
+            return None
+        _warn(f"the feature cache {database} was damaged ({damage}): replaced it by an empty one")
+        return cache
+
     def __init__(self, database: Path, encoder: str) -> None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise sqlite3.OperationalError(f"cannot make its folder: {e.strerror or e}") from e
+        self.database = database
         self.encoder = encoder
-        self.db = sqlite3.connect(database, timeout=30, isolation_level=None)
+        self.db: sqlite3.Connection | None = sqlite3.connect(database, timeout=30, isolation_level=None)
+        try:
+            self._set_up()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _set_up(self) -> None:
+        assert self.db is not None
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
@@ -71,11 +116,17 @@ class FeatureCache:
         paths = list({k.path for k in keys})
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
-            rows = self.db.execute(
-                f"SELECT path, size, mtime_ns, vector FROM features WHERE encoder = ? AND path IN "
-                f"({','.join('?' * len(chunk))})",
-                [self.encoder, *chunk],
-            )
+            if self.db is None:
+                break
+            try:
+                rows = self.db.execute(
+                    f"SELECT path, size, mtime_ns, vector FROM features WHERE encoder = ? AND path IN "
+                    f"({','.join('?' * len(chunk))})",
+                    [self.encoder, *chunk],
+                ).fetchall()
+            except sqlite3.Error as e:
+                self._give_up("read", e)
+                break
             for path, size, mtime_ns, vector in rows:
                 key = wanted.get((path, size, mtime_ns))
                 if key is not None:
@@ -88,19 +139,36 @@ class FeatureCache:
             (self.encoder, k.path, k.size, k.mtime_ns, np.ascontiguousarray(v, dtype=np.float32).tobytes())
             for k, v in items
         ]
-        if rows:
-            with self._transaction():
-                self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+        if rows and self.db is not None:
+            try:
+                with self._transaction():
+                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+            except sqlite3.Error as e:
+                self._give_up("written", e)
+
+    def _give_up(self, verb: str, error: sqlite3.Error) -> None:
+        """Stop using a cache that failed (a full disk, a file damaged meanwhile): the run goes on without it."""
+        _warn(f"the feature cache {self.database} cannot be {verb} ({error}): the rest of this run goes without it")
+        self.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        assert self.db is not None
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, CacheWarning, stacklevel=3)

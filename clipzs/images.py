@@ -57,14 +57,30 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def walk(folder: Path) -> list[Path]:
-    """Image files below a folder, recursively, in natural order; hidden files and folders are skipped."""
+    """Image files below a folder, recursively, in natural order.
+
+    Hidden files and folders are skipped, and so are pipes, sockets and devices: opening a pipe waits for a
+    writer, which a folder scan must not do (named on the command line, one is read, as ``<(...)`` needs).
+    Symbolic links to files are followed; to folders, not (a link loop cannot trap the walk). An unreadable
+    subfolder is passed over, as ``os.walk`` does.
+    """
     extensions = image_extensions()
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(
-            Path(root, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions
-        )
+    pending = [os.fspath(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in extensions and (
+                        entry.is_symlink() or entry.is_file(follow_symlinks=False)
+                    ):
+                        found.append(Path(entry.path))
+        except OSError:
+            continue
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 

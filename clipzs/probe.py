@@ -163,6 +163,7 @@ def train_classifier(
     from clipzs.evaluate import encode_dataset
 
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
+    _check_every_class_seen(labels, set(targets), dataset, dict(skipped))
     chosen = few_shot(targets, shots, seed) if shots else list(range(len(targets)))
     x, y = features.numpy()[chosen], np.asarray(targets)[chosen]
     zero_shot = None
@@ -188,3 +189,20 @@ def train_classifier(
         bias=torch.from_numpy(np.ascontiguousarray(result.classifier.bias)),
     )
     return classifier, result, skipped
+
+
+def _check_every_class_seen(
+    labels: Sequence[Label], seen: set[int], dataset: Dataset, skipped: dict[Path, str]
+) -> None:
+    """A probe needs an image of every class: name the classes left without one, and why their images failed."""
+    missing = [index for index in range(len(labels)) if index not in seen]
+    if not missing:
+        return
+    parts = []
+    for index in missing[:3]:
+        failed = [path for path, target in zip(dataset.paths, dataset.targets, strict=True) if target == index]
+        why = "; ".join(f"{path}: {skipped.get(path, 'not read')}" for path in failed[:2])
+        more = f" and {len(failed) - 2} more" if len(failed) > 2 else ""
+        parts.append(f"'{labels[index].name}' ({why}{more})" if failed else f"'{labels[index].name}' (no images)")
+    others = f" and {len(missing) - 3} more classes" if len(missing) > 3 else ""
+    raise UsageError(f"every class needs a readable training image; none for {', '.join(parts)}{others}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from clipzs.cli import app
-from clipzs.errors import EXIT_SKIPPED
+from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE
 from tests.conftest import ModelFiles, jsonl
 from tests.corpus import write_bad_inputs, write_tricky_images
 
@@ -39,3 +39,24 @@ def test_bad_inputs_are_reported_and_skipped(rand_clip: ModelFiles, photos: list
         assert set(record) == {"path", "error"} and keyword in record["error"].lower(), record
         assert sum(line.startswith(f"clipzs: skipped {path}:") for line in warnings) == 1
     assert f"skipped {len(bad)}" in warnings[-1]
+
+
+def test_unusable_output_paths_get_one_line_before_the_model_loads(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    folder, file = str(tmp_path / "folder"), str(tmp_path / "file")
+    cases = [
+        (["classify", str(photos[0]), "-l", "a,b", "-o", f"{tmp_path}/missing/x.csv"], "is not an existing folder"),
+        (["classify", str(photos[0]), "-l", "a,b", "-o", folder], "it is a folder"),
+        (["classify", str(photos[0]), "-l", "a,b", "-o", file, "-f", "parquet", "--resume"], "it is a file"),
+        (["build-classifier", "-l", "a,b", "-o", folder], f"{folder}: Is a directory"),
+        (["build-classifier", "-l", "a,b", "-o", f"{file}/x.clf"], f"{file}: Not a directory"),
+    ]
+    for args, message in cases:
+        model = rand_clip.args if args[0] == "build-classifier" else ["--model-config", "/nonexistent.json"]
+        result = CliRunner().invoke(app, [*args, *model])  # classify must refuse before it reads the model config
+        assert result.exit_code == EXIT_USAGE, (args, result.output)
+        assert result.stderr.startswith("clipzs: error: ") and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output and "resuming" not in result.stderr

@@ -131,3 +131,50 @@ def test_a_name_that_is_not_utf8_is_classified_without_caching(
     zsc.build(["cat", "rocket"])
     first, second = (list(zsc.classify_paths([odd])) for _ in range(2))  # with the cache on, twice
     assert first == second and first[0].error is None and first[0].path == str(odd)
+
+
+def test_a_damaged_cache_file_is_replaced_and_the_run_goes_on(
+    rand_clip: ModelFiles, photos: list[Path], _isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = classify(photos[0].parent, "cat,rocket", rand_clip, "--no-cache")
+    _isolated_cache.mkdir(parents=True, exist_ok=True)
+    (_isolated_cache / "features.sqlite3").write_bytes(np.random.default_rng(0).bytes(3000))  # not a database
+
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0].parent), "-l", "cat,rocket", "-b", "3", *rand_clip.args]
+    )
+    assert result.exit_code == EXIT_OK and jsonl(result.stdout) == expected
+    assert "clipzs: warning: the feature cache" in result.stderr and "was damaged" in result.stderr
+    encoder = CountingImageEncoder(monkeypatch)  # the new cache holds them now
+    assert classify(photos[0].parent, "cat,rocket", rand_clip) == expected and encoder.images == 0
+
+
+def test_an_unusable_cache_only_costs_time(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    expected = classify(photos[0].parent, "cat,rocket", rand_clip, "--no-cache")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    runner = CliRunner(env={"CLIPZS_CACHE_DIR": str(blocker)})  # the cache folder cannot be made
+    result = runner.invoke(app, ["classify", str(photos[0].parent), "-l", "cat,rocket", "-b", "3", *rand_clip.args])
+    assert result.exit_code == EXIT_OK and jsonl(result.stdout) == expected
+    assert "clipzs: warning: cannot open the feature cache" in result.stderr
+
+
+def test_a_cache_that_fails_mid_run_is_left_and_nothing_is_lost(
+    rand_clip: ModelFiles, photos: list[Path], _isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    expected = classify(photos[0].parent, "cat,rocket", rand_clip, "--no-cache")
+    made = FeatureCache.open(_isolated_cache / "features.sqlite3", "any")  # the file exists; writing it fails
+    assert made is not None
+    made.close()
+
+    def full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(FeatureCache, "_transaction", full)
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0].parent), "-l", "cat,rocket", "-b", "2", *rand_clip.args]
+    )
+    assert result.exit_code == EXIT_OK and jsonl(result.stdout) == expected  # every image, in order
+    assert result.stderr.count("cannot be written (database or disk is full)") == 1  # said once, then left alone

@@ -220,6 +220,14 @@ def test_walk_recurses_in_natural_order_skipping_hidden_and_non_images(tmp_path:
     assert got == ["a/Img1.png", "a/img2.jpg", "a/img10.jpg", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif"]
 
 
+def test_walk_leaves_pipes_alone_and_follows_links_to_files(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a/real.jpg"])
+    os.mkfifo(tmp_path / "a" / "pipe.jpg")  # opening it would wait for a writer forever
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a" / "real.jpg")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link to a folder is not followed: no loop
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == ["a/real.jpg", "link.jpg"]
+
+
 def test_walk_finds_every_tricky_image(tricky_dir: Path) -> None:
     assert sorted(walk(tricky_dir)) == sorted(tricky_dir.iterdir())
 

@@ -103,6 +103,12 @@ def test_probe_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     code, _, stderr = cli("probe", "fit", str(tmp_path / "one"), "-o", str(tmp_path / "x.clf"), *tiny_clip.args)
     assert code == EXIT_USAGE and "two or more" in stderr
 
+    (tmp_path / "one" / "broken").mkdir()  # a class whose only image cannot be read: named, with the reason
+    (tmp_path / "one" / "broken" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    code, _, stderr = cli("probe", "fit", str(tmp_path / "one"), "-o", str(tmp_path / "x.clf"), *tiny_clip.args)
+    assert code == EXIT_USAGE and "none for 'broken'" in stderr and "0.png: corrupt PNG" in stderr
+    assert not (tmp_path / "x.clf").exists()
+
 
 def test_few_shot_and_split_are_seeded_and_stratified() -> None:
     targets = [0] * 10 + [1] * 3 + [2] * 1

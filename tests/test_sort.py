@@ -130,6 +130,8 @@ def test_sort_usage_errors(tmp_path: Path) -> None:
     code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--mode", "teleport")
     assert code == EXIT_USAGE and "unknown mode" in stderr
     assert sort("--undo", str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
+    code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--min-score", "nan")
+    assert code == EXIT_USAGE and "--min-score must be a number" in stderr
     assert folder_name("cats/dogs: a?") == "cats_dogs_ a_"
 
 
