@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import socket
 import time
 import urllib.parse
@@ -340,10 +341,7 @@ def _load_model(
             )
     except Exception as e:
         if type(e).__name__ == "UnpicklingError":
-            raise ModelError(
-                f"{pretrained} is not a plain tensor checkpoint (it would need to run pickled code, which clipzs "
-                "refuses); save a state dict or safetensors"
-            ) from e
+            raise ModelError(_unpickling_reason(str(pretrained))) from e
         hint = " (is the checkpoint another model's? give its --model or --model-config)" if checkpoint else ""
         raise ModelError(f"cannot load {name} with weights {pretrained}: {_reason(e)}{hint}") from e
     model.eval()
@@ -562,13 +560,47 @@ def _reachable(host: str, port: int) -> bool:
         pool.shutdown(wait=False)
 
 
+def _unpickling_reason(path: str) -> str:
+    """Why torch.load refused a file: pickled code (refused on purpose), or no checkpoint at all."""
+    import zipfile
+
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(1) == b"\x80" or zipfile.is_zipfile(path):  # what torch.save writes: a pickle, or a zip of one
+            return (
+                f"{path} is not a plain tensor checkpoint (it would need to run pickled code, which clipzs "
+                "refuses); save a state dict or safetensors"
+            )
+    from clipzs.classifier import Classifier
+    from clipzs.errors import ClassifierError
+
+    with contextlib.suppress(ClassifierError):
+        Classifier.load(Path(path))
+        return f"{path} is a clipzs classifier file, not model weights: pass it with --classifier"
+    return f"{path} is not a checkpoint: neither a file torch.save wrote nor safetensors"
+
+
+_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
+_KEYS = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)")
+
+
 def _reason(error: BaseException) -> str:
     """One line saying why a model did not load; for state-dict mismatches, the kinds and a first example."""
     text = str(error).strip()
-    if "Error(s) in loading state_dict" in text:
-        details = [line.strip() for line in text.splitlines()[1:] if line.strip()]
-        return "the weights do not fit its layers: " + "; ".join(d[:160] for d in details[:2])
-    return _first_line(error)
+    if "Error(s) in loading state_dict" not in text:
+        return _first_line(error)
+    found = []
+    for line in text.splitlines()[1:]:
+        if keys := _KEYS.search(line):
+            names = re.findall(r'"([^"]+)"', keys.group(2))
+            what = "missing from the checkpoint" if keys.group(1) == "Missing" else "in the checkpoint, not the model"
+            found.append(f"{len(names)} weights {what} (first: {names[0] if names else '?'})")
+        elif mismatch := _MISMATCH.search(line):
+            name, theirs, ours = mismatch.groups()
+            found.append(f"{name} is {theirs} in the checkpoint but {ours} in the model")
+    return "the weights do not fit its layers: " + "; ".join(found[:2] or [_first_line(error)])
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from clipzs.cli import app
@@ -234,6 +236,42 @@ def test_weights_of_another_model_say_so(tiny_clip: ModelFiles, rand_clip: Model
         str(tiny_clip.checkpoint),
     )
     assert code == EXIT_USAGE and "another model's" in stderr and "--model-config" in stderr
+
+
+def test_a_file_that_is_no_checkpoint_says_what_it_is(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    clf, text = tmp_path / "pets.clf", tmp_path / "classes.txt"
+    assert run("build-classifier", "-l", "cat,dog", "-o", str(clf), *rand_clip.args)[0] == EXIT_OK
+    text.write_text("cat\ndog\n")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"weights": Fraction(1, 3)}, pickled)  # loading it would construct a Python object
+    cases = [
+        (clf, "is a clipzs classifier file, not model weights"),
+        (text, "is not a checkpoint"),
+        (pickled, "would need to run pickled code"),
+    ]
+    for weights, message in cases:
+        args = ["--model-config", str(rand_clip.config), "-p", str(weights)]
+        code, _, stderr = run("classify", str(photos[0]), "-l", "a,b", *args)
+        assert code == EXIT_USAGE and message in stderr, stderr
+
+
+def test_a_weights_mismatch_is_told_in_one_line() -> None:
+    from clipzs.model import _reason
+
+    with pytest.raises(RuntimeError) as shapes:
+        torch.nn.Linear(2, 3).load_state_dict(torch.nn.Linear(2, 4).state_dict())
+    assert _reason(shapes.value) == (
+        "the weights do not fit its layers: weight is [4, 2] in the checkpoint but [3, 2] in the model; "
+        "bias is [4] in the checkpoint but [3] in the model"
+    )
+    with pytest.raises(RuntimeError) as keys:
+        torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(3, 2), "extra": torch.zeros(1)})
+    assert _reason(keys.value) == (
+        "the weights do not fit its layers: 1 weights missing from the checkpoint (first: bias); "
+        "1 weights in the checkpoint, not the model (first: extra)"
+    )
 
 
 @pytest.mark.parametrize(("content", "message"), [("not json", "not valid JSON"), ('{"a": 1}', "lacks embed_dim")])
