@@ -110,7 +110,9 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", metavar=FLAG, callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", "-V", metavar=FLAG, callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Zero-shot image classification with CLIP models."""

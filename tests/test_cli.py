@@ -34,8 +34,9 @@ def test_help_and_version_do_not_import_torch() -> None:
     code = "import sys, clipzs, clipzs.cli; print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    version = subprocess.run([sys.executable, "-m", "clipzs", "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and version.stdout.startswith("clipzs ")
+    for flag in ("--version", "-V"):
+        version = subprocess.run([sys.executable, "-m", "clipzs", flag], capture_output=True, text=True)
+        assert version.returncode == 0 and version.stdout.startswith("clipzs "), flag
 
 
 def test_pipeline_through_a_real_process(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
