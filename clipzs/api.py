@@ -93,7 +93,7 @@ class ZeroShotClassifier:
                 raise
             hint = f"{path} names this model; point at it with --pretrained/--model-config"
             raise type(e)(f"{e} ({hint})") from e
-        classifier.check_model(loaded.fingerprint, loaded.name, source=str(path))
+        classifier.check_model(loaded.fingerprint, loaded.name, source=str(path), width=loaded.feature_width)
         return cls(loaded, classifier)
 
     def build(
@@ -151,7 +151,7 @@ class ZeroShotClassifier:
 
     def use(self, classifier: Classifier) -> None:
         """Score against this classifier from now on; it must have been built for this model's weights."""
-        classifier.check_model(self.model.fingerprint, self.model.name)
+        classifier.check_model(self.model.fingerprint, self.model.name, width=self.model.feature_width)
         self.classifier = classifier
 
     def classify(

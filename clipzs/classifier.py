@@ -6,6 +6,8 @@ Safetensors holds only tensors and a string header, so a classifier file from so
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,26 +73,83 @@ class Classifier:
             header = json.loads(raw) if raw else None
         except Exception as e:
             raise ClassifierError(f"{path} is not a clipzs classifier file ({e})") from e
-        if not header or header.get("format") != FORMAT or weights is None:
+        if not isinstance(header, dict) or header.get("format") != FORMAT or weights is None:
             raise ClassifierError(f"{path} is not a clipzs classifier file (build one with `clipzs build-classifier`)")
         if header.get("format_version") != FORMAT_VERSION:
             raise ClassifierError(
                 f"{path} has classifier format version {header.get('format_version')}; this clipzs reads version "
                 f"{FORMAT_VERSION}: rebuild it"
             )
-        labels = tuple(Label(item["name"], tuple(item["aliases"])) for item in header.pop("labels"))
-        if weights.ndim != 2 or weights.shape[1] != len(labels):
-            raise ClassifierError(
-                f"{path} is damaged: its matrix has shape {tuple(weights.shape)} for {len(labels)} labels"
-            )
-        for key in ("format", "format_version"):
-            header.pop(key)
-        return cls(weights=weights, labels=labels, meta=header, bias=bias)
+        try:
+            labels, weights, bias = _contents(header, weights, bias)
+        except ValueError as e:
+            raise ClassifierError(f"{path} is damaged: {e}") from e
+        meta = {k: v for k, v in header.items() if k not in ("format", "format_version", "labels")}
+        return cls(weights=weights, labels=labels, meta=meta, bias=bias)
 
-    def check_model(self, fingerprint: str, name: str, source: str = "this classifier") -> None:
-        """Refuse to score with weights made for other model weights."""
+    def check_model(
+        self, fingerprint: str, name: str, source: str = "this classifier", width: int | None = None
+    ) -> None:
+        """Refuse to score with weights made for other model weights, or (given the model's feature ``width``)
+        with a matrix whose rows do not match the model's features."""
         if self.meta.get("fingerprint") != fingerprint:
             raise ClassifierError(
                 f"{source} was built for model {self.meta.get('model')} with weights {self.meta.get('pretrained')}, "
                 f"not for {name} as loaded now; rebuild it, or run without --model/--pretrained to use its own"
             )
+        if width is not None and self.weights.shape[0] != width:
+            raise ClassifierError(
+                f"{source} is damaged: its matrix has {self.weights.shape[0]} rows, but {name} makes features of "
+                f"{width} numbers: rebuild it"
+            )
+
+
+TEXT_META = ("kind", "model", "pretrained", "fingerprint", "model_config")
+"""Metadata that, where present, is text: it names the model to load and is shown to the user."""
+
+
+def _contents(
+    header: dict[str, Any], weights: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[tuple[Label, ...], torch.Tensor, torch.Tensor | None]:
+    """The labels, float32 weights and bias of a classifier file's header and tensors; ValueError says what is
+    wrong with them."""
+    items = header.get("labels", [])
+    _require(isinstance(items, list) and len(items) > 0, "it has no labels")
+    _require(all(_is_label(item) for item in items), "each label needs a name and a list of aliases")
+    labels = tuple(Label(item["name"], tuple(item["aliases"])) for item in items)
+    twice = sorted(name for name, times in Counter(label.name for label in labels).items() if times > 1)
+    _require(not twice, f"the label {', '.join(map(repr, twice))} is given twice")
+    shape, n = tuple(weights.shape), len(labels)
+    _require(weights.ndim == 2 and shape[0] > 0 and shape[1] == n, f"its matrix has shape {shape} for {n} labels")
+    dtype = str(weights.dtype).removeprefix("torch.")
+    _require(weights.is_floating_point(), f"its matrix holds {dtype}, not floating-point numbers")
+    _require(bool(torch.isfinite(weights).all()), "its matrix holds infinite or NaN numbers")
+    if bias is not None:
+        ok = bias.is_floating_point() and tuple(bias.shape) == (n,) and bool(torch.isfinite(bias).all())
+        _require(ok, f"its bias (shape {tuple(bias.shape)}, {bias.dtype}) is not {n} finite numbers")
+    scale = header.get("logit_scale")
+    _require(scale is None or _is_positive(scale), f"its logit_scale {scale!r} is not a positive number")
+    wrong = [key for key in TEXT_META if not isinstance(header.get(key, ""), (str, type(None)))]
+    _require(not wrong, f"its {', '.join(wrong)} should be text")
+    return labels, weights.float(), None if bias is None else bias.float()
+
+
+def _require(ok: bool, reason: str) -> None:
+    if not ok:
+        raise ValueError(reason)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_label(item: object) -> bool:
+    """A label as the file holds it: {"name": text, "aliases": [text, ...]}."""
+    if not isinstance(item, dict) or not _is_text(item.get("name")):
+        return False
+    aliases = item.get("aliases")
+    return isinstance(aliases, list) and len(aliases) > 0 and all(_is_text(alias) for alias in aliases)
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf

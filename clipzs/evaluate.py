@@ -7,6 +7,7 @@ of ``path,label`` rows (paths relative to the file's folder).
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 from clipzs.errors import ImageError, UsageError
 from clipzs.images import walk
-from clipzs.prompts import Label
+from clipzs.prompts import Label, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -69,24 +70,38 @@ def _from_folders(root: Path) -> list[tuple[Path, str]]:
 
 
 def _from_csv(path: Path) -> list[tuple[Path, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"path", "label"} <= set(rows[0]):
+    reader = csv.DictReader(io.StringIO(read_text(path, "dataset"), newline=""))
+    if not {"path", "label"} <= set(reader.fieldnames or ()):
         raise UsageError(f"{path} needs a header with the columns path and label")
-    return [(path.parent / row["path"], row["label"]) for row in rows if row.get("path")]
+    pairs = []
+    try:
+        for row in reader:
+            if row["path"]:  # a row without a path is skipped
+                pairs.append((path.parent / row["path"], _label(row["label"], path, reader.line_num)))
+    except csv.Error as e:
+        raise UsageError(f"{path}, line {reader.line_num}: {e}") from e
+    return pairs
 
 
 def _from_jsonl(path: Path) -> list[tuple[Path, str]]:
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "dataset").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            pairs.append((path.parent / record["path"], str(record["label"])))
+            pairs.append((path.parent / record["path"], _label(record["label"], path, number)))
         except (ValueError, KeyError, TypeError) as e:
             raise UsageError(f'{path}, line {number}: expected {{"path": ..., "label": ...}}') from e
     return pairs
+
+
+def _label(value: object, path: Path, line: int) -> str:
+    """A dataset row's label as text; a row without one is an error naming its line."""
+    label = "" if value is None else str(value)
+    if not label.strip():
+        raise UsageError(f"{path}, line {line}: the image has no label")
+    return label
 
 
 @dataclass(frozen=True)

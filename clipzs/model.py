@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import logging
 import os
 import re
@@ -60,6 +61,12 @@ class LoadedModel:
     def cache_tag(self) -> str:
         """The precision as the image-feature cache key names it, since it changes the numbers."""
         return cache_tag(self.device, self.precision)
+
+    @functools.cached_property
+    def feature_width(self) -> int:
+        """How many numbers a feature vector has: asked of the text tower once (open_clip's towers name it
+        in different places)."""
+        return int(self.encode_text([""]).shape[1])
 
     def with_precision(self, requested: str) -> LoadedModel:
         """This model encoding images at another precision (``device.PRECISIONS``; auto is the device's default).

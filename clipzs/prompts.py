@@ -72,7 +72,7 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
         return parse_templates(builtin[name_or_path].read_text(encoding="utf-8"), name_or_path)
     path = Path(name_or_path)
     if path.is_file():
-        return parse_templates(_read_text(path), str(path))
+        return parse_templates(read_text(path), str(path))
     raise UsageError(
         f"unknown template set {name_or_path!r}: use one of {', '.join(builtin)} or the path of a text file "
         "with one template per line"
@@ -111,7 +111,7 @@ def labels_from_option(text: str) -> tuple[Label, ...]:
 
 def labels_from_file(path: Path) -> tuple[Label, ...]:
     """Labels from a file with one label per line; blank lines and '#' comments are skipped."""
-    lines = [line for line in _read_text(path).splitlines() if not line.lstrip().startswith("#")]
+    lines = [line for line in read_text(path).splitlines() if not line.lstrip().startswith("#")]
     return parse_labels(lines)
 
 
@@ -120,8 +120,16 @@ def expand(label: Label, templates: Sequence[str]) -> list[str]:
     return [t.replace(PLACEHOLDER, alias) for alias in label.aliases for t in templates]
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path, what: str = "") -> str:
+    """A user's text file, UTF-8 with or without the byte-order mark Windows editors put first, line endings
+    as written; UsageError saying why if it cannot be read (``what`` names the kind of file in the message)."""
+    name = f"{what} {path}" if what else str(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {name}: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise UsageError(f"cannot read {name}: line {line} is not UTF-8 text (save the file as UTF-8)") from e

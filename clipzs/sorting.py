@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from clipzs.errors import UsageError
 from clipzs.prediction import SCORE_DIGITS, Prediction
+from clipzs.prompts import read_text
 
 MODES = ("copy", "move", "link")
 UNSORTED = "unsorted"
@@ -85,41 +86,63 @@ def _carry_out(step: Step) -> None:
 
 
 def read_manifest(manifest: Path) -> list[Step]:
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read manifest {manifest}: {e.strerror}") from e
+    lines = read_text(manifest, "manifest").splitlines()
     steps = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            steps.append(Step(**json.loads(line)))
-        except (ValueError, TypeError) as e:
+            record = json.loads(line)
+        except ValueError:
             if number == len(lines):
                 break  # the last line of a killed sort may be cut short: that step never happened
-            raise UsageError(f"{manifest}, line {number}: not a clipzs sort manifest") from e
+            record = None
+        step = _step(record)
+        if step is None:
+            raise UsageError(f"{manifest}, line {number}: not a clipzs sort manifest")
+        steps.append(step)
     return steps
+
+
+def _step(record: object) -> Step | None:
+    """A manifest line's step, or None if it is not one: paths and label as text, a score, a known mode."""
+    if not isinstance(record, dict) or set(record) != {f.name for f in fields(Step)}:
+        return None
+    step = Step(**record)
+    texts = (step.source, step.destination, step.label, step.mode)
+    ok = all(isinstance(x, str) and x for x in texts) and isinstance(step.score, (int, float))
+    return step if ok and step.mode in MODES else None
 
 
 def undo(manifest: Path) -> Iterator[tuple[Step, str]]:
     """Reverse a sort, last step first: moved files go back, copies and links are removed, label folders left
-    empty are removed. Yields each step with what was done ('restored', 'removed', or why it was left alone);
-    nothing is ever overwritten."""
+    empty are removed. Yields each step with what was done ('restored', 'removed', or why it was left alone:
+    'left: ...'); nothing is ever overwritten."""
     for step in reversed(read_manifest(manifest)):
         source, destination = Path(step.source), Path(step.destination)
         if not os.path.lexists(destination):
             back = step.mode != "move" or os.path.lexists(source)
             yield step, "already undone" if back else "not there (the sort stopped before it)"
-        elif step.mode == "move":
-            if os.path.lexists(source):
-                yield step, "left: the source path is taken again"
-                continue
-            source.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(destination, source)
-            yield step, "restored"
+        elif destination.is_dir() and not destination.is_symlink():
+            yield step, "left: the destination is a folder now"
+            continue
+        elif step.mode == "move" and os.path.lexists(source):
+            yield step, "left: the source path is taken again"
+            continue
         else:
-            destination.unlink()
-            yield step, "removed"
+            yield step, _reverse(source, destination, step.mode)
         with contextlib.suppress(OSError):  # only succeeds for a label folder now empty
             destination.parent.rmdir()
+
+
+def _reverse(source: Path, destination: Path, mode: str) -> str:
+    """Move the file back, or remove the copy or link; what was done, or why it could not be."""
+    try:
+        if mode == "move":
+            source.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(destination, source)
+            return "restored"
+        destination.unlink()
+        return "removed"
+    except OSError as e:
+        return f"left: {e.strerror or e}"
