@@ -111,7 +111,9 @@ class Metrics:
     top1: float
     top5: float
     mean_per_class_recall: float
-    per_class_recall: list[float]
+    """Over the classes with images: a class none of whose images could be read has no recall."""
+    per_class_recall: list[float | None]
+    """None for a class without images."""
     support: list[int]
     confusion: list[list[int]] = field(repr=False)
     """confusion[true][predicted] counts."""
@@ -133,7 +135,7 @@ def metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray) -> Metrics:
         top1=float((predicted == truth).mean()),
         top5=float(top5.mean()),
         mean_per_class_recall=float(recall[present].mean()),
-        per_class_recall=recall.tolist(),
+        per_class_recall=[float(r) if seen else None for r, seen in zip(recall, present, strict=True)],
         support=support.tolist(),
         confusion=confusion.tolist(),
     )

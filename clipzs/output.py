@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 FORMATS = ("jsonl", "csv", "table", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 PARQUET_PART_ROWS = 1000
+JSONL_START = b'{"path": '
+"""How every line clipzs writes to JSON Lines starts."""
+CSV_COLUMNS = ("path", "label", "score", "error")
+"""The first columns of clipzs's CSV, before the ranked labels."""
 
 
 class Writer(Protocol):
@@ -55,28 +60,91 @@ def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> W
 def written_paths(path: Path, fmt: str) -> set[str]:
     """The paths an earlier run wrote to this JSON Lines, CSV or Parquet output, for --resume.
 
-    A run killed mid-write may leave its last line cut short: the file is truncated to its last whole line
-    first, so that the lines appended next are whole too.
+    Only clipzs's own output is resumed: any other file is refused and left as it is. A run killed mid-write
+    may leave its last line cut short: once the file is known to be clipzs's, that line is cut off, so that
+    the lines appended next are whole too.
     """
     if fmt == "parquet":
         return ParquetWriter.written_paths(path)
     if fmt not in ("jsonl", "csv"):
         raise UsageError("--resume works with JSON Lines, CSV and Parquet output")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from e
     whole = data[: data.rfind(b"\n") + 1]
+    try:
+        done = (jsonl_paths if fmt == "jsonl" else csv_paths)(whole, data[len(whole) :])
+    except (ValueError, RecursionError, csv.Error):  # (RecursionError: JSON nested too deep to parse)
+        kind = "JSON Lines" if fmt == "jsonl" else "CSV"
+        raise UsageError(f"{path} is not a clipzs {kind} output: cannot resume it") from None
     if len(whole) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(whole))
-    text = whole.decode("utf-8", errors="replace")
-    if fmt == "csv":
-        return {row["path"] for row in csv.DictReader(io.StringIO(text, newline="")) if row.get("path")}
-    done = set()
-    for line in text.splitlines():
-        try:
-            done.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{path} is not a clipzs JSON Lines output: cannot resume it") from None
     return done
+
+
+def jsonl_paths(whole: bytes, torn: bytes) -> set[str]:
+    """The paths in clipzs JSON Lines: the ``whole`` lines, then ``torn``, the start of one that a killed run
+    cut short. ValueError when they are not that."""
+    records = [json.loads(line.decode("utf-8")) for line in whole.splitlines()]
+    if not all(map(_is_record, records)) or not _starts_as(torn, JSONL_START):
+        raise ValueError("not clipzs JSON Lines")
+    return {record["path"] for record in records}
+
+
+def csv_paths(whole: bytes, torn: bytes) -> set[str]:
+    """The paths in a clipzs CSV: the ``whole`` lines, then ``torn``, the start of one that a killed run cut
+    short. ValueError when they are not that: the first line must be clipzs's header."""
+    rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))
+    if not rows:  # not even the header is whole
+        if not _starts_as(torn, ",".join(CSV_COLUMNS).encode()):
+            raise ValueError("not a clipzs CSV")
+        return set()
+    if rows[0] != csv_header((len(rows[0]) - len(CSV_COLUMNS)) // 2):
+        raise ValueError("not a clipzs CSV header")
+    return {unescape_surrogates(row[0]) for row in rows[1:] if row}
+
+
+def csv_header(top_k: int) -> list[str]:
+    """path, label, score, error, then label_1, score_1 ... label_k, score_k."""
+    return [*CSV_COLUMNS, *(f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score"))]
+
+
+def _is_record(record: object) -> bool:
+    """Whether a parsed JSON line is one that clipzs writes (``Prediction.to_dict``)."""
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("path"), str)
+        and ("error" in record or {"label", "score", "top_k"} <= record.keys())
+    )
+
+
+def _starts_as(torn: bytes, start: bytes) -> bool:
+    """Whether ``torn`` could be what a killed run left of a line that begins with ``start``."""
+    return torn[: len(start)] == start[: len(torn)]
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (``\\udcff``), so that it is valid UTF-8.
+
+    A file name whose bytes are not UTF-8 reaches Python with each byte that does not decode as a lone
+    surrogate (os.fsdecode: byte 0xff is '\\udcff'), and UTF-8 cannot encode those. In JSON Lines the escape is
+    JSON's own, so that json.loads gives back the very same str, and os.fsencode the file's bytes. CSV and
+    Parquet have no escapes: there the same six characters stand for the byte, one text for the name in every
+    format, and a backslash escape that marks it clearly (rather than U+FFFD, which would lose the byte).
+    ``unescape_surrogates`` reads it back for --resume; a name that really spells a backslash-u surrogate
+    escape is then read back as the byte, and classified again: a duplicate row at worst, never a lost one.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u(d[89a-f][0-9a-f]{2})")
+
+
+def unescape_surrogates(text: str) -> str:
+    """The inverse of ``escape_surrogates``, for a name read back from CSV or Parquet."""
+    return _SURROGATE_ESCAPE.sub(lambda m: chr(int(m[1], 16)), text)
 
 
 class JsonlWriter:
@@ -86,7 +154,7 @@ class JsonlWriter:
         self.stream = stream
 
     def write(self, prediction: Prediction) -> None:
-        self.stream.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+        self.stream.write(escape_surrogates(json.dumps(prediction.to_dict(), ensure_ascii=False)) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -121,26 +189,47 @@ class ParquetWriter:
 
     @staticmethod
     def written_paths(folder: Path) -> set[str]:
+        """The paths in the parts already in ``folder``; a part that is not a readable clipzs part is refused."""
+        _check_parquet_folder(folder)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = sorted(folder.glob("part-*.parquet"))
-        return {path for part in parts for path in pq.read_table(part, columns=["path"]).column("path").to_pylist()}
+        done: set[str] = set()
+        for part in sorted(folder.glob("part-*.parquet")):
+            try:
+                column = pq.read_table(part, columns=["path"]).column("path")
+                if column.type != pa.string() or column.null_count:
+                    raise ValueError("not a clipzs part")
+            except (ValueError, OSError, pa.ArrowException):
+                raise UsageError(f"{part} is not a readable clipzs Parquet part: cannot resume {folder}") from None
+            done.update(map(unescape_surrogates, column.to_pylist()))
+        return done
 
 
 def open_parquet_folder(folder: Path) -> int:
-    """Check that Parquet can be written to ``folder`` and make it; the number of parts already there."""
+    """Check that Parquet can be written to ``folder`` and make it; the number the next part (or Ray run) takes.
+
+    That is the number of parts there, but at least one past the highest number in their names: a part moved
+    away leaves a gap, and the count alone would then name a new part as one already there, and write over it."""
+    _check_parquet_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = list(folder.glob("part-*.parquet"))
+    numbers = [int(m[1]) for part in parts if (m := re.match(r"part-(\d+)", part.name))]
+    return max([len(parts), *(number + 1 for number in numbers)])
+
+
+def _check_parquet_folder(folder: Path) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError as e:
         raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder: Parquet output is a folder of parts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return len(list(folder.glob("part-*.parquet")))
 
 
 def write_parquet_part(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write JSON Lines records (``Prediction.to_dict``) as one Parquet part, whole, renamed into place."""
+    """Write JSON Lines records (``Prediction.to_dict``) as one Parquet part, whole, renamed into place; strings
+    with ``escape_surrogates``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -156,32 +245,43 @@ def write_parquet_part(path: Path, records: Sequence[dict[str, Any]]) -> None:
             ("top_k", pa.list_(entry)),
         ]
     )
-    columns = ("path", "label", "score", "error")
-    rows = [{**{c: r.get(c) for c in columns}, "top_k": r.get("top_k", [])} for r in records]
+
+    def text(value: str | None) -> str | None:
+        return None if value is None else escape_surrogates(value)
+
+    rows = [
+        {
+            "path": text(r["path"]),
+            "label": text(r.get("label")),
+            "score": r.get("score"),
+            "error": text(r.get("error")),
+            "top_k": [{**entry, "label": text(entry["label"])} for entry in r.get("top_k", [])],
+        }
+        for r in records
+    ]
     table = pa.Table.from_pylist(rows, schema=schema)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class CsvWriter:
-    """Columns path, label, score, error, then label_1, score_1 ... label_k, score_k."""
+    """Columns path, label, score, error, then label_1, score_1 ... label_k, score_k; text with
+    ``escape_surrogates``."""
 
     def __init__(self, stream: IO[str], top_k: int, header: bool = True) -> None:
         self.stream = stream
         self.top_k = top_k
         self.csv = csv.writer(stream)
-        ranks = [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")]
         if header:
-            self.csv.writerow(["path", "label", "score", "error", *ranks])
+            self.csv.writerow(csv_header(top_k))
 
     def write(self, prediction: Prediction) -> None:
         record = prediction.to_dict()
-        ranks: list[object] = []
+        ranks: list[str] = []
         for entry in record.get("top_k", [])[: self.top_k]:
             ranks += [entry["label"], _fixed(entry["score"])]
         ranks += [""] * (2 * self.top_k - len(ranks))
-        self.csv.writerow(
-            [record["path"], record.get("label", ""), _fixed(record.get("score")), record.get("error", ""), *ranks]
-        )
+        row = [record["path"], record.get("label", ""), _fixed(record.get("score")), record.get("error", ""), *ranks]
+        self.csv.writerow(map(escape_surrogates, row))
         self.stream.flush()
 
     def close(self) -> None:
@@ -245,7 +345,7 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
     console.print(f"\nrecall per class, best run: {best.model} ({best.pretrained}), {best.templates}", soft_wrap=True)
     per_class = Table("class", "recall", "images", box=None)
     for name, recall, support in zip(classes, best.metrics.per_class_recall, best.metrics.support, strict=True):
-        per_class.add_row(name, f"{recall:.1%}", str(support))
+        per_class.add_row(name, "-" if recall is None else f"{recall:.1%}", str(support))
     console.print(per_class)
     if len(classes) <= 15:
         console.print("\nconfusion matrix (rows: true class)", soft_wrap=True)

@@ -32,6 +32,9 @@ def test_metrics_by_hand() -> None:
     assert m.mean_per_class_recall == pytest.approx(2.5 / 3)
     assert m.confusion == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
 
+    unseen = metrics(scores[:2, :], [0, 1])  # class 2 has no images (all of them unreadable, say): no recall
+    assert unseen.per_class_recall == [1.0, 0.0, None] and unseen.mean_per_class_recall == 0.5
+
 
 def shapes_tree(root: Path, classes: list[str], per_class: int, seed: int) -> None:
     """A class-per-folder tree of drawn shapes, folder names with underscores ('red_circle')."""

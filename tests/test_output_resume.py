@@ -1,0 +1,189 @@
+"""--resume and the files it carries on: it never harms a file that is not clipzs output, it drops only a line
+cut short by a killed run, and file names whose bytes are not UTF-8 are written, and resumed, in every format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.output import ParquetWriter
+from clipzs.prediction import Prediction
+from tests.conftest import ModelFiles, jsonl
+
+BAD_NAME = os.fsdecode(b"bad\xff.jpg")
+"""A file name that is not UTF-8: Python holds its 0xff byte as the lone surrogate '\\udcff'."""
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def folder(photos: list[Path], tmp_path: Path) -> Path:
+    """Four photos, one of them under a name that is not UTF-8."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, photo in zip(["a.jpg", BAD_NAME, "c.jpg", "d.jpg"], photos, strict=False):
+        (images / name).write_bytes(photo.read_bytes())
+    return images
+
+
+def classify(folder: Path, out: Path, model: ModelFiles, *more: str) -> tuple[int, str, str]:
+    return run("classify", str(folder), "-l", "cat,dog", "-o", str(out), *model.args, *more)
+
+
+def as_written(path: str, suffix: str) -> str:
+    """A path as an output holds it: in CSV and Parquet, an undecodable byte (a lone surrogate) as its escape."""
+    return path if suffix == ".jsonl" else path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def paths_in(out: Path) -> list[str]:
+    """The paths a JSON Lines or CSV output holds, read as a user would (strict UTF-8)."""
+    text = out.read_bytes().decode("utf-8")
+    if out.suffix == ".csv":
+        return [row["path"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+    return [str(record["path"]) for record in jsonl(text)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("important.json", b'{\n  "keep": "me",\n  "last": 1\n}'),  # JSON, not JSON Lines, no final newline
+        ("blob.jsonl", bytes(range(256)).replace(b"\n", b"")),  # binary, without a newline at all
+        ("pets.jsonl", b'{"path": "a.jpg", "label": "cat"}\n{"path": "b.jpg", "label": "dog"}'),  # eval's input
+        ("people.csv", b"name,age\nbob,3\nal"),  # another CSV
+        ("deep.jsonl", b"[" * 100_000),  # too deep for json to parse
+    ],
+)
+def test_resume_refuses_a_file_that_is_not_clipzs_output_and_leaves_it_untouched(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, name: str, content: bytes
+) -> None:
+    out = tmp_path / name
+    out.write_bytes(content)
+    code, _, stderr = classify(folder, out, tiny_clip, "--resume")
+    assert code == EXIT_USAGE
+    kind = "CSV" if name.endswith(".csv") else "JSON Lines"
+    assert stderr.strip() == f"clipzs: error: {out} is not a clipzs {kind} output: cannot resume it"
+    assert out.read_bytes() == content
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("torn", ["/half/a lin", "/half/caf\xc3"])  # (the second cut inside a UTF-8 character)
+def test_resume_drops_only_a_line_cut_short(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str, torn: str
+) -> None:
+    out = tmp_path / f"results{suffix}"
+    first = tmp_path / "first"
+    first.mkdir()
+    for image in sorted(folder.iterdir())[:2]:
+        os.link(image, first / image.name)
+    assert classify(first, out, tiny_clip)[0] == EXIT_OK
+    before = out.read_bytes()
+    with open(out, "ab") as f:  # as if killed mid-line
+        f.write((b'{"path": "' if suffix == ".jsonl" else b"") + torn.encode("utf-8", "surrogateescape"))
+    rerun = [str(first / name) for name in os.listdir(first)]  # the same paths as the first run wrote
+    code, _, stderr = run("classify", *rerun, str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_OK, stderr
+    assert "2 already in" in stderr
+    assert out.read_bytes().startswith(before)  # what was whole is kept as it was
+    expected = [as_written(path, suffix) for path in rerun + [str(p) for p in folder.iterdir()]]
+    assert sorted(paths_in(out)) == sorted(expected)  # each once, none torn
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_names_that_are_not_utf8_are_written_whole_in_every_format_and_resumed(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"results{suffix}"
+    code, _, stderr = classify(folder, out, tiny_clip)
+    assert code == EXIT_OK, stderr
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        paths = pq.read_table(out).column("path").to_pylist()  # pyarrow reads strings as strict UTF-8
+    else:
+        paths = paths_in(out)
+    bad = str(folder / BAD_NAME)
+    expected = [str(folder / name) for name in ("a.jpg", "c.jpg", "d.jpg")]
+    if suffix == ".jsonl":  # JSON's own escape: the very name, and from it the file's bytes
+        assert bad in paths and os.fsencode(bad).endswith(b"bad\xff.jpg")
+    else:  # no escapes of their own: the undecodable byte marked as its escape
+        assert as_written(bad, suffix).endswith("bad\\udcff.jpg") and as_written(bad, suffix) in paths
+    assert len(paths) == 4 and set(expected) <= set(paths)
+    written = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_bytes()
+    code, _, stderr = classify(folder, out, tiny_clip, "--resume")
+    assert code == EXIT_OK and "4 already in" in stderr and "0 to go" in stderr
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_bytes()) == written
+
+
+def test_a_name_that_is_not_utf8_is_valid_json_on_stdout(tiny_clip: ModelFiles, folder: Path) -> None:
+    command = [sys.executable, "-m", "clipzs", "classify", str(folder), "-l", "cat,dog", "-q", *tiny_clip.args]
+    done = subprocess.run(command, capture_output=True, timeout=300)
+    assert done.returncode == EXIT_OK, done.stderr
+    paths = [os.fsencode(json.loads(line)["path"]) for line in done.stdout.decode("utf-8").splitlines()]
+    assert os.fsencode(folder / BAD_NAME) in paths and len(paths) == 4
+
+
+@pytest.mark.parametrize("content", [b"junk\n", b""])
+def test_resume_names_a_damaged_parquet_part_and_leaves_the_folder_as_it_was(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, content: bytes
+) -> None:
+    out = tmp_path / "results.parquet"
+    assert classify(folder, out, tiny_clip)[0] == EXIT_OK
+    damaged = out / "part-00001-000000000.parquet"
+    damaged.write_bytes(content)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, stderr = classify(folder, out, tiny_clip, "--resume")
+    assert code == EXIT_USAGE
+    assert stderr.strip() == f"clipzs: error: {damaged} is not a readable clipzs Parquet part: cannot resume {out}"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_refuses_a_parquet_part_that_is_not_clipzs(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipzs.errors import UsageError
+
+    out = tmp_path / "results.parquet"
+    out.mkdir()
+    pq.write_table(pa.table({"name": ["bob"]}), out / "part-00000.parquet")
+    with pytest.raises(UsageError, match=r"part-00000\.parquet is not a readable clipzs Parquet part"):
+        ParquetWriter.written_paths(out)
+
+
+def test_a_parquet_part_moved_away_never_gets_another_written_over_it(tmp_path: Path) -> None:
+    """Parts 0, 1, 2 with part 1 moved away (say, damaged): a resumed run adds parts, it never replaces one."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "results.parquet"
+    writer = ParquetWriter(out, rows_per_part=1)
+    for name in ("a", "b", "c"):
+        writer.write(Prediction(name, error="unreadable"))
+    writer.close()
+    (out / "part-00001.parquet").unlink()
+    writer = ParquetWriter(out, rows_per_part=1)
+    writer.write(Prediction("b", error="unreadable"))
+    writer.close()
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == ["a", "b", "c"]
+
+
+def test_resume_into_a_file_given_as_parquet_says_only_what_is_wrong(tiny_clip: ModelFiles, folder: Path) -> None:
+    cfile = folder.parent / "cfile"
+    cfile.write_bytes(b"mine")
+    code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(cfile), "-f", "parquet", "--resume")
+    assert code == EXIT_USAGE
+    assert len(stderr.strip().splitlines()) == 1 and "resuming" not in stderr and "folder" in stderr
+    assert cfile.read_bytes() == b"mine"
