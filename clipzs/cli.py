@@ -177,7 +177,7 @@ def classify(
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
-    from clipzs.output import ParquetWriter, choose_format, make_writer, written_paths
+    from clipzs.output import ParquetWriter, choose_format, csv_ranks, make_writer, written_paths
 
     with _errors() as console:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
@@ -218,6 +218,11 @@ def classify(
         _warn_one_label(console, zsc)
         skipped = 0
         ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
+        if appending and chosen == "csv" and output is not None and (before := csv_ranks(output)) != ranked:
+            raise UsageError(
+                f"{output} holds {before} ranked labels a row and this run would write {ranked}: resume it with the "
+                "same labels and --top-k"
+            )
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = (
                 _WrittenByRay()
@@ -484,6 +489,12 @@ def sort_images(
             classifier, labels, labels_file, templates, model, pretrained, model_config, device, precision, no_cache
         )
         _warn_one_label(console, zsc)
+        names = zsc.classifier.names if zsc.classifier else ()
+        if min_score > 0 and any(sorting.folder_name(n).casefold() == sorting.UNSORTED for n in names):
+            raise UsageError(
+                f"a label named {sorting.UNSORTED!r} would share the folder of images scoring below --min-score: "
+                "rename the label"
+            )
         skipped = 0
 
         def readable(predictions: Iterator[Prediction]) -> Iterator[Prediction]:

@@ -106,6 +106,13 @@ def csv_paths(whole: bytes, torn: bytes) -> set[str]:
     return {unescape_surrogates(row[0]) for row in rows[1:] if row}
 
 
+def csv_ranks(path: Path) -> int:
+    """How many ranked labels a row of this clipzs CSV holds, by its header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return (len(header) - len(CSV_COLUMNS)) // 2
+
+
 def csv_header(top_k: int) -> list[str]:
     """path, label, score, error, then label_1, score_1 ... label_k, score_k."""
     return [*CSV_COLUMNS, *(f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score"))]

@@ -187,3 +187,16 @@ def test_resume_into_a_file_given_as_parquet_says_only_what_is_wrong(tiny_clip: 
     assert code == EXIT_USAGE
     assert len(stderr.strip().splitlines()) == 1 and "resuming" not in stderr and "folder" in stderr
     assert cfile.read_bytes() == b"mine"
+
+
+def test_resume_into_a_csv_of_other_columns_is_refused_and_leaves_it(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.csv"
+    first = sorted(folder.iterdir())[:1]
+    code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-o", str(out), *tiny_clip.args)
+    assert code == EXIT_OK
+    before = out.read_bytes()
+    code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_USAGE and "holds 3 ranked labels a row and this run would write 2" in stderr
+    assert out.read_bytes() == before

@@ -125,13 +125,17 @@ def test_undo_of_an_interrupted_sort(tiny_clip: ModelFiles, tmp_path: Path) -> N
     assert len(files(tmp_path / "src")) == 6
 
 
-def test_sort_usage_errors(tmp_path: Path) -> None:
+def test_sort_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     assert sort(str(tmp_path))[0] == EXIT_USAGE  # no DEST
     code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--mode", "teleport")
     assert code == EXIT_USAGE and "unknown mode" in stderr
     assert sort("--undo", str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
     code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--min-score", "nan")
     assert code == EXIT_USAGE and "--min-score must be a number" in stderr
+    photo_tree(tmp_path / "src")
+    args = ["-l", "cat,Unsorted", "--min-score", "0.5", *tiny_clip.args]
+    code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "d"), *args)
+    assert code == EXIT_USAGE and "would share the folder" in stderr and not (tmp_path / "d").exists()
     assert folder_name("cats/dogs: a?") == "cats_dogs_ a_"
 
 
