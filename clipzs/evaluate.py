@@ -289,7 +289,9 @@ def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
     axes.set_yticks(range(len(classes)), classes)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(f"{run.model} ({run.pretrained}), {run.templates}: top-1 {run.metrics.top1:.1%}")
+    weights = Path(run.pretrained).name  # a checkpoint by its file name: a whole path runs off the figure
+    title = f"{run.model} ({weights}), {run.templates}: top-1 {run.metrics.top1:.1%}"
+    axes.set_title(title, wrap=True, fontsize="medium")
     figure.colorbar(shown, ax=axes, label="fraction of the true class")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
