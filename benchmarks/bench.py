@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import logging
 import os
 import platform
 import statistics
@@ -21,9 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -76,7 +79,11 @@ def random_checkpoint(name: str, folder: Path) -> Path:
     path = folder / f"{name}-random.pt"
     if not path.exists():
         torch.manual_seed(0)
-        torch.save(open_clip.create_model(name).state_dict(), path)
+        logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: that is the point
+        try:
+            torch.save(open_clip.create_model(name).state_dict(), path)
+        finally:
+            logging.disable(logging.NOTSET)
     return path
 
 
@@ -110,6 +117,15 @@ class Bench:
     def row(self, name: str, value: str, note: str = "") -> None:
         self.rows.append((name, value, note))
         print(f"{name:<58} {value:>18}  {note}", flush=True)
+
+    def attempt(self, part: Callable[..., None], *args: Any) -> None:
+        """Run one part; a part that fails is a row saying so, and the others still run and are written (a
+        lent GPU's few minutes are not lost to one failure)."""
+        try:
+            part(*args)
+        except Exception as e:  # noqa: BLE001 - reported in the results, with its traceback on stderr
+            traceback.print_exc()
+            self.row(f"{part.__name__} {' '.join(str(a) for a in args[:1])}: failed", type(e).__name__, str(e)[:200])
 
     # -- the text side -------------------------------------------------------------------------------------
     def text(self, model_name: str, checkpoint: Path) -> None:
@@ -275,6 +291,71 @@ class Bench:
                 f"{len(paths) / seconds:.1f} img/s",
                 f"{seconds / total:.0%} of the stages' sum",
             )
+
+    def overlap(self, model_name: str, checkpoint: Path, paths: list[Path], label: str) -> None:
+        """An experiment for the GPU (not yet how ``encode_paths`` works): JPEGs of batch n+1 decoded on a stream of
+        their own while the model encodes batch n, against one after the other as now; rates and the largest
+        difference of the features, which must be 0 (a missed wait between the streams would show there)."""
+        import torch
+
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.device import image_autocast
+        from clipzs.device_decode import FILES_PER_TASK, DeviceGeometry, decode_batch, read_jpeg
+        from clipzs.images import ordered_map
+
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device=self.args.device)
+        model, device, bs = zsc.model, zsc.model.device, self.args.batch_size
+        if device.type != "cuda" or model.pixels is None:
+            self.row(f"{model_name} {label}: decode beside encode", "skipped", "needs CUDA")
+            return
+        geometry = DeviceGeometry.of(model.pixels.geometry)
+        assert geometry is not None
+        chunks = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+        jpegs = [j for _, got in ordered_map(lambda c: [read_jpeg(p) for p in c], chunks, 8) for j in got]
+        batches = [jpegs[i : i + bs] for i in range(0, len(jpegs), bs)]
+
+        @torch.inference_mode()
+        def encode(pixels: list[torch.Tensor]) -> torch.Tensor:
+            """As ``LoadedModel.encode_prepared``, but the features stay on the device: nothing waits for them."""
+            assert model.pixels is not None
+            with image_autocast(device, model.precision):
+                features = model.model.encode_image(model.pixels.normalize(torch.stack(pixels))).float()
+            return features / features.norm(dim=-1, keepdim=True)
+
+        results: dict[str, list[torch.Tensor]] = {}
+
+        def serial() -> None:
+            results["serial"] = [encode(decode_batch(batch, device, geometry)).cpu() for batch in batches]
+
+        side, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+        def decode_aside(batch: list) -> list[torch.Tensor]:
+            with torch.cuda.stream(side):  # its memory comes from the side stream's pool
+                pixels = decode_batch(batch, device, geometry)
+            compute.wait_stream(side)
+            for tensor in pixels:
+                tensor.record_stream(compute)  # not reused before the model has read it
+            return pixels
+
+        def overlapped() -> None:
+            out, ahead = [], decode_aside(batches[0])
+            for i in range(len(batches)):
+                features = encode(ahead)  # queued on the GPU
+                if i + 1 < len(batches):
+                    ahead = decode_aside(batches[i + 1])  # the host waits for the decoder while the GPU encodes
+                out.append(features.cpu())
+            results["overlapped"] = out
+
+        serial()
+        overlapped()  # warm-up, both
+        t_serial, t_overlapped = interleaved([serial, overlapped], self.args.repeats)
+        gap = max(float((a - b).abs().max()) for a, b in zip(results["serial"], results["overlapped"], strict=True))
+        self.row(f"{model_name} {label}: decode, then encode (as now)", f"{len(paths) / t_serial:.1f} img/s")
+        self.row(
+            f"{model_name} {label}: decode batch n+1 beside encoding batch n",
+            f"{len(paths) / t_overlapped:.1f} img/s",
+            f"{t_serial / t_overlapped:.2f}x; max feature difference {gap:.1e}",
+        )
 
     # -- whole commands ------------------------------------------------------------------------------------
     def reclassify(self, model_name: str, checkpoint: Path, paths: list[Path]) -> None:
@@ -583,21 +664,24 @@ def main() -> None:
         bench.startup()
         for name in args.models.split(","):
             checkpoint = random_checkpoint(name, work)
+            size = f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}"
             if "text" in parts:
-                bench.text(name, checkpoint)
+                bench.attempt(bench.text, name, checkpoint)
             if "images" in parts:
-                bench.images(name, checkpoint, small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
-                bench.images(name, checkpoint, phone, "12 MP")
+                bench.attempt(bench.images, name, checkpoint, small, size)
+                bench.attempt(bench.images, name, checkpoint, phone, "12 MP")
             if "stages" in parts:
-                bench.stages(name, checkpoint, small, f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
+                bench.attempt(bench.stages, name, checkpoint, small, size)
+            if "overlap" in parts:
+                bench.attempt(bench.overlap, name, checkpoint, small, size)
             if "reclassify" in parts:
-                bench.reclassify(name, checkpoint, small)
+                bench.attempt(bench.reclassify, name, checkpoint, small)
             if "ray" in parts:
-                bench.ray(name, checkpoint, small)
+                bench.attempt(bench.ray, name, checkpoint, small)
             if "precision" in parts and args.device == "cpu":
-                bench.precisions(name, checkpoint, small, phone)
+                bench.attempt(bench.precisions, name, checkpoint, small, phone)
         if "memory" in parts and args.device == "cpu":
-            bench.memory(small)
+            bench.attempt(bench.memory, small)
         table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in bench.rows)
         command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
         text = (

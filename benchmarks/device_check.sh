@@ -11,4 +11,4 @@ timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/tes
     ${TESTS:-} 2>&1 | tail -15 | tee "$OUT/pytest.txt"
 timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench.py --device cuda --models "${MODELS:-ViT-B-32,ViT-L-14}" \
     --small "${SMALL:-3000}" --phone "${PHONE:-120}" --batch-size 256 --repeats "${REPEATS:-2}" \
-    --parts "${PARTS:-text,images,stages,reclassify}" --out "$OUT/RESULTS-cuda.md" 2>&1 | tee "$OUT/bench.log"
+    --parts "${PARTS:-text,images,stages,overlap,reclassify}" --out "$OUT/RESULTS-cuda.md" 2>&1 | tee "$OUT/bench.log"
