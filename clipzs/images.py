@@ -76,8 +76,8 @@ def walk(folder: Path) -> list[Path]:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
                     elif os.path.splitext(entry.name)[1].lower() in extensions and (
-                        entry.is_symlink() or entry.is_file(follow_symlinks=False)
-                    ):
+                        entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+                    ):  # a regular file, or a link to one; a broken link too, to be reported as missing
                         found.append(Path(entry.path))
         except OSError:
             continue

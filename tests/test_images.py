@@ -224,8 +224,11 @@ def test_walk_leaves_pipes_alone_and_follows_links_to_files(tmp_path: Path) -> N
     make_tree(tmp_path, ["a/real.jpg"])
     os.mkfifo(tmp_path / "a" / "pipe.jpg")  # opening it would wait for a writer forever
     (tmp_path / "link.jpg").symlink_to(tmp_path / "a" / "real.jpg")
+    (tmp_path / "pipe-link.jpg").symlink_to(tmp_path / "a" / "pipe.jpg")
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone.jpg")  # listed, so that it is reported as missing
     (tmp_path / "loop").symlink_to(tmp_path)  # a link to a folder is not followed: no loop
-    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == ["a/real.jpg", "link.jpg"]
+    got = [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)]
+    assert got == ["a/real.jpg", "broken.jpg", "link.jpg"]
 
 
 def test_walk_finds_every_tricky_image(tricky_dir: Path) -> None:
