@@ -387,6 +387,8 @@ def evaluate(
     with _errors() as console:
         if fmt not in ("table", "json"):
             raise UsageError(f"unknown format {fmt!r}: use table or json")
+        if plot is not None:
+            _check_output_place(plot, folder=False)  # now, not after every image is encoded
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         template_sets = [t.strip() for t in templates.split(",") if t.strip()]
@@ -482,6 +484,8 @@ def sort_images(
             raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(sorting.MODES)}")
         if min_score != min_score:  # nan: no score is below it, nor above
             raise UsageError("--min-score must be a number: scores run from 0 to 1")
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"{dest} is a file: DEST is the folder the label folders go in")
         paths = [p for p in discover([str(src)]) if p.exists()]
         if not paths:
             raise UsageError(f"no images found in {src}")

@@ -51,12 +51,13 @@ def test_unusable_output_paths_get_one_line_before_the_model_loads(
         (["classify", str(photos[0]), "-l", "a,b", "-o", f"{tmp_path}/missing/x.csv"], "is not an existing folder"),
         (["classify", str(photos[0]), "-l", "a,b", "-o", folder], "it is a folder"),
         (["classify", str(photos[0]), "-l", "a,b", "-o", file, "-f", "parquet", "--resume"], "it is a file"),
+        (["eval", str(photos[0].parent), "--plot", f"{tmp_path}/missing/p.png"], "is not an existing folder"),
         (["build-classifier", "-l", "a,b", "-o", folder], f"{folder}: Is a directory"),
         (["build-classifier", "-l", "a,b", "-o", f"{file}/x.clf"], f"{file}: Not a directory"),
     ]
     for args, message in cases:
         model = rand_clip.args if args[0] == "build-classifier" else ["--model-config", "/nonexistent.json"]
-        result = CliRunner().invoke(app, [*args, *model])  # classify must refuse before it reads the model config
+        result = CliRunner().invoke(app, [*args, *model])  # classify and eval refuse before reading the model config
         assert result.exit_code == EXIT_USAGE, (args, result.output)
         assert result.stderr.startswith("clipzs: error: ") and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output and "resuming" not in result.stderr

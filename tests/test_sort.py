@@ -133,6 +133,9 @@ def test_sort_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--min-score", "nan")
     assert code == EXIT_USAGE and "--min-score must be a number" in stderr
     photo_tree(tmp_path / "src")
+    (tmp_path / "file").write_text("x")
+    code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "file"), "-l", "a,b", *tiny_clip.args)
+    assert code == EXIT_USAGE and "is a file: DEST is the folder" in stderr
     args = ["-l", "cat,Unsorted", "--min-score", "0.5", *tiny_clip.args]
     code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "d"), *args)
     assert code == EXIT_USAGE and "would share the folder" in stderr and not (tmp_path / "d").exists()
