@@ -139,16 +139,13 @@ def _require(ok: bool, reason: str) -> None:
         raise ValueError(reason)
 
 
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
 def _is_label(item: object) -> bool:
-    """A label as the file holds it: {"name": text, "aliases": [text, ...]}."""
-    if not isinstance(item, dict) or not _is_text(item.get("name")):
+    """A label as the file holds it: {"name": text, "aliases": [text, ...]}. Text may be blank: a probe's class
+    folder named "_" is prompted as " "."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
         return False
     aliases = item.get("aliases")
-    return isinstance(aliases, list) and len(aliases) > 0 and all(_is_text(alias) for alias in aliases)
+    return isinstance(aliases, list) and len(aliases) > 0 and all(isinstance(alias, str) for alias in aliases)
 
 
 def _is_positive(value: object) -> bool:

@@ -218,11 +218,14 @@ def classify(
         _warn_one_label(console, zsc)
         skipped = 0
         ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
-        if appending and chosen == "csv" and output is not None and (before := csv_ranks(output)) != ranked:
-            raise UsageError(
-                f"{output} holds {before} ranked labels a row and this run would write {ranked}: resume it with the "
-                "same labels and --top-k"
-            )
+        if appending and chosen == "csv" and output is not None:
+            before = csv_ranks(output)  # rows appended must have the columns of the header already there
+            if before < ranked:
+                raise UsageError(
+                    f"{output} holds {before} ranked labels a row and this run would write {ranked}: resume it "
+                    f"with --top-k {before}"
+                )
+            ranked = before  # (the columns left over stay empty, as for a run of fewer labels)
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = (
                 _WrittenByRay()
@@ -867,12 +870,15 @@ def _os_reason(error: OSError) -> str:
 
 
 def _check_output_place(output: Path, folder: bool) -> None:
-    """Refuse an --output that cannot be written before the model loads, not after."""
+    """Refuse an --output that cannot be written before the model loads, not after. A file needs its folder to
+    exist; a folder (Parquet's) is made with the folders above it."""
+    if folder:
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"cannot write Parquet to {output}: it is a file, and Parquet is written to a folder")
+        return
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: {output.parent} is not an existing folder")
-    if folder and output.exists() and not output.is_dir():
-        raise UsageError(f"cannot write Parquet to {output}: it is a file, and Parquet is written to a folder")
-    if not folder and output.is_dir():
+    if output.is_dir():
         raise UsageError(f"cannot write {output}: it is a folder")
 
 

@@ -137,6 +137,16 @@ def test_other_float_types_are_read_as_float32(dtype: torch.dtype, valid_clf: Pa
     assert Classifier.load(other).weights.dtype == torch.float32
 
 
+def test_blank_prompts_of_odd_class_names_still_load(valid_clf: Path, tmp_path: Path) -> None:
+    """A probe's class folder named "_" is prompted as " ": a file made so is whole, not damaged."""
+
+    def blank(header: dict[str, Any]) -> dict[str, Any]:
+        header["labels"][0] = {"name": "_", "aliases": [" "]}
+        return header
+
+    assert Classifier.load(rewrite(valid_clf, tmp_path / "blank.clf", header=blank)).names[0] == "_"
+
+
 def test_a_matrix_for_features_of_another_width_is_refused(valid_clf: Path, tmp_path: Path) -> None:
     clf = Classifier.load(valid_clf)
     width = clf.weights.shape[0]

@@ -189,14 +189,28 @@ def test_resume_into_a_file_given_as_parquet_says_only_what_is_wrong(tiny_clip: 
     assert cfile.read_bytes() == b"mine"
 
 
-def test_resume_into_a_csv_of_other_columns_is_refused_and_leaves_it(
-    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
-) -> None:
+def test_resume_into_a_csv_keeps_its_columns(tiny_clip: ModelFiles, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     first = sorted(folder.iterdir())[:1]
-    code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-o", str(out), *tiny_clip.args)
+    code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-k", "1", "-o", str(out), *tiny_clip.args)
     assert code == EXIT_OK
     before = out.read_bytes()
     code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
-    assert code == EXIT_USAGE and "holds 3 ranked labels a row and this run would write 2" in stderr
-    assert out.read_bytes() == before
+    assert code == EXIT_USAGE and "holds 1 ranked labels a row and this run would write 2" in stderr
+    assert "--top-k 1" in stderr and out.read_bytes() == before  # refused, and the file left as it was
+
+    out.unlink()  # the other way round: fewer ranked labels than the file has columns for, which stay empty
+    code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-o", str(out), *tiny_clip.args)
+    code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_OK, stderr
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
+    assert len(rows) == 1 + len(list(folder.iterdir())) and {len(row) for row in rows} == {len(rows[0])}
+
+
+def test_parquet_goes_into_a_new_folder_with_the_folders_above_it(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "new" / "results.parquet"
+    code, _, stderr = classify(folder, out, tiny_clip)
+    assert code == EXIT_OK, stderr
+    assert sorted(ParquetWriter.written_paths(out)) == sorted(str(p) for p in folder.iterdir())
