@@ -330,8 +330,8 @@ class Bench:
         side, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
 
         def decode_aside(batch: list) -> list[torch.Tensor]:
-            with torch.cuda.stream(side):  # its memory comes from the side stream's pool
-                pixels = decode_batch(batch, device, geometry)
+            with torch.cuda.stream(side):  # its memory comes from the side stream's pool (decode_batch lets the
+                pixels = decode_batch(batch, device, geometry)  # side stream's last resize finish first)
             compute.wait_stream(side)
             for tensor in pixels:
                 tensor.record_stream(compute)  # not reused before the model has read it

@@ -249,7 +249,15 @@ def decode_batch(
     """Decode, resize and crop on the device: uint8 [size, size, 3] each, or None where decoding failed."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    def settle() -> None:
+        """Let the current stream finish first. torchvision's CUDA decoder writes its images on a stream of its
+        own, without waiting for the current one, into memory it takes from the current stream's pool: memory
+        that kernels still queued there (resizing the image before) may be about to read or write."""
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+
     def one(jpeg: JpegBytes) -> torch.Tensor | None:
+        settle()
         try:
             return geometry.apply(decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
@@ -257,6 +265,7 @@ def decode_batch(
 
     with warnings.catch_warnings():  # torchvision 0.29 announces that its decoders move to TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
+        settle()
         try:
             decoded = decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one bad file fails the whole batch: decode them one by one instead
