@@ -6,8 +6,6 @@ torch and open_clip are imported only inside the commands that need them, so --h
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import sys
 import warnings
@@ -516,7 +514,7 @@ def sort_images(
         done = steps if dry_run else sorting.apply(steps, manifest or dest / "clipzs-manifest.jsonl")
         count = 0
         for step in done:
-            typer.echo(json.dumps(dataclasses.asdict(step), ensure_ascii=False))
+            typer.echo(sorting.step_json(step))
             count += 1
         verb = "would sort" if dry_run else f"sorted ({mode})"
         if not quiet:

@@ -85,7 +85,7 @@ def _from_csv(path: Path) -> list[tuple[Path, str]]:
 
 def _from_jsonl(path: Path) -> list[tuple[Path, str]]:
     pairs = []
-    for number, line in enumerate(read_text(path, "dataset").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "dataset").split("\n"), start=1):  # a name may hold U+2028
         if not line.strip():
             continue
         try:

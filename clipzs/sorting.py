@@ -67,11 +67,18 @@ def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
     manifest.parent.mkdir(parents=True, exist_ok=True)
     with open(manifest, "a", encoding="utf-8") as log:
         for step in steps:
-            log.write(json.dumps(asdict(step), ensure_ascii=False) + "\n")
+            log.write(step_json(step) + "\n")
             log.flush()
             os.fsync(log.fileno())
             _carry_out(step)
             yield step
+
+
+def step_json(step: Step) -> str:
+    """A step as one line of JSON; a file name that is not UTF-8 keeps its bytes as JSON escapes."""
+    from clipzs.output import escape_surrogates
+
+    return escape_surrogates(json.dumps(asdict(step), ensure_ascii=False))
 
 
 def _carry_out(step: Step) -> None:
@@ -86,7 +93,9 @@ def _carry_out(step: Step) -> None:
 
 
 def read_manifest(manifest: Path) -> list[Step]:
-    lines = read_text(manifest, "manifest").splitlines()
+    lines = read_text(manifest, "manifest").split("\n")  # not splitlines: a name may hold U+2028
+    while lines and not lines[-1].strip():
+        lines.pop()
     steps = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

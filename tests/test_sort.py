@@ -88,6 +88,29 @@ def test_move_then_undo_restores_everything(tiny_clip: ModelFiles, tmp_path: Pat
     assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before and files(dest) == set()
 
 
+def test_odd_file_names_are_sorted_and_undone(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A name that is not UTF-8, and one holding U+2028 (a line separator to str.splitlines, not to JSON)."""
+    import os
+
+    photo_tree(tmp_path / "src")
+    first, second = sorted((tmp_path / "src").rglob("*.png"))[:2]
+    first.rename(first.with_name(os.fsdecode(b"bad\xff.png")))
+    second.rename(second.with_name("line\u2028separator.png"))
+    before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
+    dest = tmp_path / "dest"
+    code, stdout, stderr = sort(
+        str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args
+    )
+    assert code == EXIT_OK, stderr
+    steps = [json.loads(line) for line in stdout.split("\n") if line]  # one line a step, valid JSON
+    assert len(steps) == 6 and {os.fsdecode(b"bad\xff.png"), "line\u2028separator.png"} <= {
+        Path(step["source"]).name for step in steps
+    }
+    code, _, stderr = sort("--undo", str(dest / "clipzs-manifest.jsonl"))
+    assert code == EXIT_OK and "6 restored" in stderr, stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before
+
+
 def test_min_score_sends_doubtful_images_to_unsorted(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     photo_tree(tmp_path / "src")
     code, _, _ = sort(
