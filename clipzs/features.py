@@ -16,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 from clipzs.errors import CacheWarning
 
 SCHEMA_VERSION = 1
+SET_UP_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class FeatureCache:
     def open(cls, database: Path, encoder: str) -> FeatureCache | None:
         """The cache in ``database``, or None (with a warning) when it cannot be used.
 
-        A file SQLite cannot read as a database (damaged, or not one) is deleted with its journal and made anew.
+        A file SQLite cannot read as a database (damaged, or not one) is deleted with its journal and made anew,
+        by one process at a time: one that waited finds the new database and uses it.
         """
         try:
             return cls(database, encoder)
@@ -70,9 +73,12 @@ class FeatureCache:
                 return None
             damage = e
         try:
-            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-                path.unlink(missing_ok=True)
-            cache = cls(database, encoder)
+            with _exclusive(Path(f"{database}.lock")):
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    return cls(database, encoder)  # another process has replaced it meanwhile
+                for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+                    path.unlink(missing_ok=True)
+                cache = cls(database, encoder)
         except (OSError, sqlite3.Error) as e:
             _warn(
                 f"the feature cache {database} is damaged ({damage}) and cannot be replaced ({e}): images are "
@@ -91,7 +97,14 @@ class FeatureCache:
         self.encoder = encoder
         self.db: sqlite3.Connection | None = sqlite3.connect(database, timeout=30, isolation_level=None)
         try:
-            self._set_up()
+            for attempt in range(SET_UP_ATTEMPTS):
+                try:
+                    self._set_up()
+                    break
+                except sqlite3.OperationalError as e:  # commands starting together: one is switching to WAL,
+                    if "locked" not in str(e) or attempt == SET_UP_ATTEMPTS - 1:  # which SQLite does not wait for
+                        raise
+                    time.sleep(0.05)
         except BaseException:
             self.db.close()
             raise
@@ -100,14 +113,20 @@ class FeatureCache:
         assert self.db is not None
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            with self._transaction():
-                self.db.execute("DROP TABLE IF EXISTS features")
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._transaction():
+            if self._version() != SCHEMA_VERSION:  # asked again under the write lock: another process may have
+                self.db.execute("DROP TABLE IF EXISTS features")  # made the table (and filled it) meanwhile
                 self.db.execute(
                     "CREATE TABLE features (encoder TEXT, path TEXT, size INTEGER, mtime_ns INTEGER, "
                     "vector BLOB, PRIMARY KEY (encoder, path))"
                 )
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _version(self) -> int:
+        assert self.db is not None
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def get_many(self, keys: Sequence[FileKey]) -> dict[FileKey, np.ndarray]:
         """The cached features of those keys that have them; a file whose size or mtime changed misses."""
@@ -168,6 +187,19 @@ class FeatureCache:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             self.db = None
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (made if need be) where the system has ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, and at worst two processes both replace a damaged cache
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _warn(message: str) -> None:

@@ -178,3 +178,45 @@ def test_a_cache_that_fails_mid_run_is_left_and_nothing_is_lost(
     )
     assert result.exit_code == EXIT_OK and jsonl(result.stdout) == expected  # every image, in order
     assert result.stderr.count("cannot be written (database or disk is full)") == 1  # said once, then left alone
+
+
+WORKER = """
+import sys, time, warnings
+import numpy as np
+from pathlib import Path
+from clipzs.features import FeatureCache, FileKey
+
+database, me, start = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+while time.time() < start:
+    pass
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    cache = FeatureCache.open(database, "encoder")
+    cache.put_many([(FileKey(f"/photo{me}.jpg", 1, 1), np.full(4, me, dtype=np.float32))])
+    cache.close()
+print(sum("replaced it" in str(w.message) for w in seen))
+"""
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_processes_opening_the_cache_at_once_lose_no_rows(tmp_path: Path, damaged: bool) -> None:
+    """Several commands starting together: the table is made once, a damaged file replaced once, every row kept."""
+    import time
+
+    for round in range(3):
+        database = tmp_path / f"round{round}" / "features.sqlite3"
+        database.parent.mkdir()
+        if damaged:
+            database.write_bytes(np.random.default_rng(round).bytes(5000))
+        start = time.time() + 1.5
+        procs = [
+            subprocess.Popen([sys.executable, "-c", WORKER, str(database), str(i), str(start)], stdout=subprocess.PIPE)
+            for i in range(6)
+        ]
+        replaced = [int(proc.communicate(timeout=60)[0]) for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs)
+        assert sum(replaced) == (1 if damaged else 0)
+        cache = FeatureCache(database, "encoder")
+        keys = [FileKey(f"/photo{i}.jpg", 1, 1) for i in range(6)]
+        assert {int(v[0]) for v in cache.get_many(keys).values()} == set(range(6))
+        cache.close()
