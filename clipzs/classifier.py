@@ -68,8 +68,9 @@ class Classifier:
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw = (f.metadata() or {}).get("clipzs")
-                weights = f.get_tensor(TENSOR_NAME) if raw else None
-                bias = f.get_tensor(BIAS_NAME) if raw and BIAS_NAME in f.keys() else None  # noqa: SIM118
+                # Copies: a tensor left mapped from the file would fault (SIGBUS) if the file were cut meanwhile.
+                weights = f.get_tensor(TENSOR_NAME).clone() if raw else None
+                bias = f.get_tensor(BIAS_NAME).clone() if raw and BIAS_NAME in f.keys() else None  # noqa: SIM118
             header = json.loads(raw) if raw else None
         except Exception as e:
             raise ClassifierError(f"{path} is not a clipzs classifier file ({e})") from e

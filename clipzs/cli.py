@@ -191,6 +191,13 @@ def classify(
             raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
         if output is not None:
             _check_output_place(output, folder=chosen == "parquet")
+            sources = [
+                (classifier, "the classifier file"),
+                (labels_file, "the labels file"),
+                (templates, "the templates file"),
+            ]
+            same_name = [(path, "one of the images to classify") for path in paths if path.name == output.name]
+            _refuse_overwriting(output, *sources, *same_name)
         appending = False
         if resume:
             if output is None:
@@ -321,6 +328,7 @@ def build_classifier(
 ) -> None:
     """Encode the labels' prompts once into a classifier file for `classify --classifier`."""
     with _errors() as console:
+        _refuse_overwriting(output, (labels_file, "the labels file"), (templates, "the templates file"))
         zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
         assert zsc.classifier is not None
         zsc.classifier.save(output)
@@ -375,6 +383,7 @@ def evaluate(
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
     from clipzs.api import ZeroShotClassifier
     from clipzs.evaluate import (
+        check_plot_path,
         class_labels,
         evaluate_classifier,
         evaluate_model,
@@ -388,8 +397,9 @@ def evaluate(
     with _errors() as console:
         if fmt not in ("table", "json"):
             raise UsageError(f"unknown format {fmt!r}: use table or json")
-        if plot is not None:
-            _check_output_place(plot, folder=False)  # now, not after every image is encoded
+        if plot is not None:  # now, not after every image is encoded
+            _check_output_place(plot, folder=False)
+            check_plot_path(plot)
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         template_sets = [t.strip() for t in templates.split(",") if t.strip()]
@@ -865,6 +875,16 @@ def _os_reason(error: OSError) -> str:
     names = [n for n in (error.filename, error.filename2) if n is not None]
     shown = " -> ".join(printable(os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n)) for n in names)
     return f"{shown}: {reason}" if names else reason
+
+
+def _refuse_overwriting(output: Path, *sources: tuple[Path | str | None, str]) -> None:
+    """Refuse an --output that is a file the command reads: it would be emptied before it is read."""
+    if not output.exists():
+        return
+    for source, what in sources:
+        with contextlib.suppress(OSError):
+            if source is not None and os.path.samefile(source, output):
+                raise UsageError(f"--output {output} is {what}: writing it would destroy it; give another file")
 
 
 def _check_output_place(output: Path, folder: bool) -> None:

@@ -10,6 +10,7 @@ import csv
 import io
 import itertools
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipzs.errors import ImageError, UsageError
+from clipzs.errors import ClipzsWarning, ImageError, UsageError
 from clipzs.images import walk
 from clipzs.prompts import Label, read_text
 
@@ -173,6 +174,12 @@ def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[
     """Each class with its prompts: the mapping's aliases where it names the class (``folder=alias|alias``),
     else the class name with underscores read as spaces ("golden_retriever" is prompted as "golden retriever")."""
     by_name = {label.name: label for label in mapping}
+    unused = sorted(set(by_name) - set(classes))
+    if unused:  # a typo would quietly prompt the class by its folder name instead, and lower its accuracy
+        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        shown = ", ".join(map(repr, unused[:5])) + more
+        message = f"{len(unused)} labels of the labels file name no class of the dataset: {shown}"
+        warnings.warn(message, ClipzsWarning, stacklevel=2)
     return [by_name.get(name, Label(name, (name.replace("_", " "),))) for name in classes]
 
 
@@ -242,6 +249,15 @@ def evaluate_classifier(
     probs = zsc.probabilities(features).numpy()[:, [names.index(c) for c in dataset.classes]]
     kind = str(zsc.classifier.meta.get("kind", "zero-shot"))
     return Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(probs, targets)), skipped
+
+
+def check_plot_path(path: Path) -> None:
+    """Refuse, before any work, a plot file whose suffix matplotlib cannot write (or no matplotlib)."""
+    plt = _pyplot()
+    kinds = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise UsageError(f"--plot {path}: matplotlib writes {', '.join('.' + kind for kind in sorted(kinds))}")
 
 
 def _pyplot() -> Any:

@@ -9,6 +9,7 @@ file format as zero-shot ones, so ``classify --classifier`` and ``eval`` use the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,9 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, classes: int, c: flo
     if len(present) != classes:
         raise UsageError("every class needs at least one training image")
     model = LogisticRegression(C=c, max_iter=2000)
-    model.fit(features, targets)
+    with warnings.catch_warnings():  # few images of many classes is what few-shot means: no need to warn of it
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        model.fit(features, targets)
     if classes == 2:  # one logit for class 1 against class 0
         weights = np.stack([np.zeros(features.shape[1]), model.coef_[0]], axis=1)
         bias = np.array([0.0, model.intercept_[0]])

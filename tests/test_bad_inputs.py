@@ -61,3 +61,39 @@ def test_unusable_output_paths_get_one_line_before_the_model_loads(
         assert result.exit_code == EXIT_USAGE, (args, result.output)
         assert result.stderr.startswith("clipzs: error: ") and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output and "resuming" not in result.stderr
+
+
+def test_an_output_that_is_an_input_is_refused_and_left_whole(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    clf, labels = tmp_path / "pets.clf", tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    assert (
+        CliRunner().invoke(app, ["build-classifier", "-l", "cat,dog", "-o", str(clf), *rand_clip.args]).exit_code == 0
+    )
+    image = tmp_path / photos[0].name
+    image.write_bytes(photos[0].read_bytes())
+    cases = [
+        (["classify", str(image), "-c", str(clf), "-o", str(clf)], clf, "the classifier file"),
+        (["classify", str(tmp_path), "--labels-file", str(labels), "-o", str(image)], image, "one of the images"),
+        (["classify", str(image), "--labels-file", str(labels), "-o", str(labels)], labels, "the labels file"),
+        (["build-classifier", "--labels-file", str(labels), "-o", str(labels)], labels, "the labels file"),
+    ]
+    for args, victim, what in cases:
+        before = victim.read_bytes()
+        result = CliRunner().invoke(app, [*args, *rand_clip.args])
+        assert result.exit_code == EXIT_USAGE and what in result.stderr, (args, result.output)
+        assert victim.read_bytes() == before
+
+
+def test_a_classifier_in_use_survives_its_file_being_cut(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    from clipzs.classifier import Classifier
+
+    clf = tmp_path / "pets.clf"
+    assert (
+        CliRunner().invoke(app, ["build-classifier", "-l", "cat,dog", "-o", str(clf), *rand_clip.args]).exit_code == 0
+    )
+    loaded = Classifier.load(clf)
+    expected = loaded.weights.sum().item()
+    clf.write_bytes(b"")  # a file mapped into memory would now fault on the next read (SIGBUS)
+    assert loaded.weights.sum().item() == expected

@@ -125,3 +125,14 @@ def test_eval_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
         str(tmp_path / "data"), "-m", "ViT-B-32", "-m", "ViT-B-16", "-p", "a", "-p", "b", "-p", "c"
     )
     assert code == EXIT_USAGE and "2 --model but 3 --pretrained" in stderr
+    code, _, stderr = run_eval(str(tmp_path / "data"), "--plot", str(tmp_path / "c.txt"), *tiny_clip.args)
+    assert code == EXIT_USAGE and "matplotlib writes" in stderr and ".png" in stderr  # before any image is encoded
+
+
+def test_a_labels_file_line_that_names_no_class_is_warned_of(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
+    folder = CLASSES[0].replace(" ", "_")
+    (tmp_path / "map.txt").write_text(f"{folder}={CLASSES[0]}\nRed_Circl=red circle\n")  # a typo
+    code, _, stderr = run_eval(str(tmp_path / "data"), "--labels-file", str(tmp_path / "map.txt"), *tiny_clip.args)
+    assert code == EXIT_OK and "clipzs: warning: 1 labels of the labels file name no class" in stderr
+    assert "'Red_Circl'" in stderr

@@ -119,6 +119,17 @@ def test_few_shot_and_split_are_seeded_and_stratified() -> None:
     assert [targets[i] for i in held] == [0, 0, 1]  # 20% of each class with two or more images
 
 
+def test_few_images_of_many_classes_fit_without_sklearn_warnings() -> None:
+    import warnings
+
+    from clipzs.probe import fit_logistic
+
+    features = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn warns when classes outnumber half the images: few-shot is that
+        fit_logistic(features, np.arange(40) % 30, 30, 1.0)
+
+
 def test_binary_probe_has_one_column_per_class() -> None:
     rng = np.random.default_rng(0)
     features = np.concatenate([rng.normal(1, 0.3, (20, 8)), rng.normal(-1, 0.3, (20, 8))]).astype(np.float32)
