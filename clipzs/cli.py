@@ -239,6 +239,7 @@ def classify(
                 if chosen == "parquet" and output
                 else make_writer(chosen, stream, ranked, header=not appending)
             )
+            ray_was_running = engine == "ray" and _ray_running()
             try:
                 with _progress(console, len(paths), quiet) as advance:
                     if engine == "ray":
@@ -256,6 +257,8 @@ def classify(
                         advance()
             finally:
                 writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
+        if engine == "ray" and not ray_was_running:
+            _stop_ray()
         if not quiet:
             console.print(
                 f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"
@@ -263,6 +266,23 @@ def classify(
             )
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
+
+
+def _ray_running() -> bool:
+    """Whether this process is connected to Ray already (as a library user or a test may be)."""
+    try:
+        import ray
+    except ImportError:  # said by the Ray engine itself, with what to install
+        return False
+    return bool(ray.is_initialized())
+
+
+def _stop_ray() -> None:
+    """Disconnect from the Ray this command connected to (and stop a local instance it started) while Ctrl-C is
+    still the command's to handle: left to Ray's exit hook, the seconds it takes end in a traceback if interrupted."""
+    import ray
+
+    ray.shutdown()
 
 
 def _on_ray(
