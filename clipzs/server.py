@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -55,6 +56,9 @@ REQUEST_TIMEOUT_S = 30.0
 """How long the server waits for a request once it has said it is ready."""
 STOP = "stop"
 """A request that asks the server to exit."""
+POLL_S = 1.0
+"""How often an idle server looks whether its time is up and whether its socket is still its own (the cache
+folder may have been deleted, or another server listens there now): a server nobody can reach stops."""
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 MAX_SOCKET_PATH = 100  # bytes; AF_UNIX paths are limited to 104 (macOS) or 108 (Linux)
 _HEADER = struct.Struct(">cI")  # frame kind, payload length
@@ -330,11 +334,15 @@ class _Registry:
 
 def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None = None) -> None:
     """Listen on ``socket_path()`` and run commands one at a time until stopped (``stop``, SIGTERM, Ctrl-C) or
-    idle for ``idle_timeout`` seconds; ``preload`` loads a model before the first command. Raises RuntimeError
-    when another server already listens there."""
+    idle for ``idle_timeout`` seconds (``math.inf``: never), or its socket is deleted or replaced; ``preload``
+    loads a model before the first command. Raises RuntimeError when another server already listens there."""
     import importlib
 
+    from clipzs.errors import UsageError
     from clipzs.model import keep_loaded
+
+    if not idle_timeout > 0:  # (nor NaN)
+        raise UsageError(f"the idle timeout must be a positive number of seconds, not {idle_timeout}")
 
     for module in ("clipzs.api", "open_clip"):  # imported once, before taking any command
         importlib.import_module(module)
@@ -344,6 +352,7 @@ def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise OSError(f"the socket path {path} is too long for this system: set {CACHE_ENV} to a shorter folder")
     listener = _listen(path)
+    bound = _inode(path)
     keep_loaded(models)
     me = json.dumps({"pid": os.getpid(), "identity": identity()}).encode("utf-8")
     handler = logging.StreamHandler(log)
@@ -364,36 +373,66 @@ def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None
         if preload is not None:
             preload()
             registry.restore()  # a --model-config it registered is for the commands that name it
-        print(f"clipzs serve: {os.getpid()} ready on {path} (stops after {idle_timeout:.0f} s idle)", file=log)
-        log.flush()
-        listener.settimeout(idle_timeout)
-        carry_on = True
-        while carry_on:
+        idle = "never stops when idle" if idle_timeout == math.inf else f"stops after {idle_timeout:.0f} s idle"
+        print(f"clipzs serve: {os.getpid()} ready on {path} ({idle})", file=log, flush=True)
+        listener.settimeout(min(POLL_S, idle_timeout))  # (a timeout of days overflows the system's clock)
+        idle_until = time.monotonic() + idle_timeout
+        while True:
             try:
-                carry_on = _take(listener, me, registry, log)
+                taken = _take(listener, me, registry, log)
             except KeyboardInterrupt:
                 if not _Watch.pending:
                     raise  # Ctrl-C on the server itself
                 _Watch.pending = False  # a client's interrupt, delivered after its command had ended
                 registry.restore()
+                taken = True
+            if taken is False:
+                break
+            if taken:
+                idle_until = time.monotonic() + idle_timeout
+            elif not _still_mine(path, bound):  # no client can reach this server any more
+                print(f"clipzs serve: {path} is gone or another server's, stopping", file=log, flush=True)
+                break
+            elif time.monotonic() >= idle_until:
+                print("clipzs serve: idle, stopping", file=log, flush=True)
+                break
     except _Terminated:
         print("clipzs serve: terminated", file=log, flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
         keep_loaded(0)
         logger.removeHandler(handler)
+        if _still_mine(path, bound):  # never another server's
+            with contextlib.suppress(OSError):
+                path.unlink()
         listener.close()
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
-def _take(listener: socket.socket, me: bytes, registry: _Registry, log: TextIO) -> bool:
-    """Take the next connection and run its request; False when the server is to stop."""
+def _inode(path: Path) -> tuple[int, int] | None:
+    """The device and inode ``path`` leads to; None when it leads nowhere."""
+    try:
+        found = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _still_mine(path: Path, bound: tuple[int, int] | None) -> bool:
+    """Whether ``path`` still leads to the socket this server bound (clients can reach it). When the system
+    will not say (a folder made unreadable), assume it does."""
+    try:
+        return _inode(path) == bound
+    except OSError:
+        return True
+
+
+def _take(listener: socket.socket, me: bytes, registry: _Registry, log: TextIO) -> bool | None:
+    """Take the next connection and run its request; False when the server is to stop, None when no
+    connection came within the listener's timeout."""
     try:
         conn, _ = listener.accept()
     except TimeoutError:
-        print("clipzs serve: idle, stopping", file=log, flush=True)
-        return False
+        return None
     conn.settimeout(None)
     with conn:
         try:

@@ -42,10 +42,10 @@ def clipzs(
     )
 
 
-def start_server(tmp_path: Path) -> Server:
-    log = tmp_path / "server.log"
+def start_server(tmp_path: Path, idle: str = "5", log_name: str = "server.log") -> Server:
+    log = tmp_path / log_name
     with open(log, "wb") as f:
-        process = subprocess.Popen([sys.executable, "-m", "clipzs", "serve", "--idle", "5"], stdout=f, stderr=f)
+        process = subprocess.Popen([sys.executable, "-m", "clipzs", "serve", "--idle", idle], stdout=f, stderr=f)
     if not server.wait_until_listening(60):
         process.kill()
         pytest.fail(f"the server did not start: {log.read_text()}")
@@ -251,3 +251,40 @@ def test_a_preloaded_model_serves_the_first_command(tiny_clip: ModelFiles, folde
         assert text.count("loaded tiny-clip") == 1 and " -> exit 3 " in text
     finally:
         assert server.stop() == "stopped"
+
+
+def exits_within(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """The exit status of ``process`` once it exits, or None when it still runs after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process.poll()
+
+
+def test_a_server_whose_socket_is_deleted_stops(tiny_clip: ModelFiles, folder: Path, tmp_path: Path) -> None:
+    """Deleting the cache folder (as the README says to clear the cache) takes the socket with it: the server,
+    which nobody can reach now, stops and frees its models; a new one starts and serves (never idle-stopped)."""
+    running = start_server(tmp_path, log_name="first.log")
+    shutil.rmtree(server.socket_path().parent)
+    assert exits_within(running.process, server.POLL_S + 5) == 0
+    assert any("is gone or another server's, stopping" in line for line in running.log_lines())
+    again = start_server(tmp_path, idle="inf", log_name="second.log")  # (a timeout beyond the clock's range)
+    try:
+        result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
+        assert result.returncode == EXIT_SKIPPED, result.stderr
+        assert len(served(again)) == 1 and again.process.poll() is None
+    finally:
+        assert server.stop() == "stopped"
+        again.process.wait(timeout=30)
+    assert not server.socket_path().exists()
+
+
+def test_a_server_whose_socket_is_replaced_stops_and_leaves_the_new_one(tmp_path: Path) -> None:
+    running = start_server(tmp_path, idle="1e12")
+    path = server.socket_path()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:  # another server's socket, put in its place
+        other.bind(str(path.with_suffix(".new")))
+        other.listen(1)
+        os.replace(path.with_suffix(".new"), path)
+        assert exits_within(running.process, server.POLL_S + 5) == 0
+        assert server.wait_until_listening(0)  # its socket is still there, not taken away as the server stopped
