@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import numbers
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from clipzs.features import FeatureCache, FileKey
 from clipzs.images import discover, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
 from clipzs.prediction import Prediction
-from clipzs.prompts import Label, expand, load_templates, parse_labels
+from clipzs.prompts import Label, expand, load_templates, parse_labels, parse_templates
 
 
 class ZeroShotClassifier:
@@ -98,18 +99,20 @@ class ZeroShotClassifier:
 
     def build(
         self,
-        labels: Sequence[Label | str],
-        templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+        labels: Iterable[Label | str],
+        templates: str | Iterable[str] = DEFAULT_TEMPLATES,
         *,
         use_cache: bool = True,
     ) -> Classifier:
         """Encode every prompt of every label into the classifier matrix; reuse the cached one if present.
 
-        ``labels``: Label objects or specs such as ``"cat"`` / ``"cat=cat|kitten"``. ``templates``: a built-in
-        set name, a template file, or the templates themselves.
+        ``labels``: a list of Label objects or specs such as ``"cat"`` / ``"cat=cat|kitten"``. ``templates``: a
+        built-in set name, a template file, or a list of templates, read as the lines of a template file are.
         """
-        label_objs = parse_labels([x.spec if isinstance(x, Label) else x for x in labels])
-        template_list = load_templates(templates) if isinstance(templates, str) else tuple(templates)
+        hint = "build(['cat', 'dog=dog|puppy']); for 'cat,dog' as --labels takes it: build(s.split(','))"
+        specs = _items(labels, (str, Label), "labels", hint)
+        label_objs = parse_labels([x.spec if isinstance(x, Label) else x for x in specs])
+        template_list = _templates(templates)
         meta = self.meta_for(template_list)
         key = key_of({**meta, "labels": [label.spec for label in label_objs], "format_version": FORMAT_VERSION})
         path = cache_dir() / "classifiers" / f"{key}.safetensors"
@@ -151,6 +154,11 @@ class ZeroShotClassifier:
 
     def use(self, classifier: Classifier) -> None:
         """Score against this classifier from now on; it must have been built for this model's weights."""
+        if not isinstance(classifier, Classifier):
+            raise UsageError(
+                f"use() takes a Classifier, not {classifier!r}: use(Classifier.load(path)) reads a classifier file, "
+                "ZeroShotClassifier.from_classifier_file(path) loads one with its model"
+            )
         classifier.check_model(self.model.fingerprint, self.model.name, width=self.model.feature_width)
         self.classifier = classifier
 
@@ -162,13 +170,17 @@ class ZeroShotClassifier:
         batch_size: int | None = None,
         workers: int | None = None,
     ) -> Iterator[Prediction]:
-        """Score images (files, or folders walked recursively) against the classifier, in input order."""
-        paths = (p for item in inputs for p in discover([os.fspath(item)]))
+        """Score images (files, or folders walked recursively) against the classifier, in input order.
+
+        The arguments are checked now; the images are read as the results are iterated.
+        """
+        items = _items(inputs, (str, os.PathLike), "inputs", "classify(['photo.jpg', 'folder/'])")
+        paths = (p for item in items for p in discover([os.fspath(item)]))
         return self.classify_paths(paths, top_k=top_k, batch_size=batch_size, workers=workers)
 
     def classify_paths(
         self,
-        paths: Iterable[Path],
+        paths: Iterable[str | os.PathLike[str]],
         *,
         top_k: int = DEFAULT_TOP_K,
         batch_size: int | None = None,
@@ -179,12 +191,11 @@ class ZeroShotClassifier:
     ) -> Iterator[Prediction]:
         """Score image files as given (no folder walking), in order; unreadable ones carry their error.
 
-        The options are those of ``encode_paths``.
+        The options are those of ``encode_paths``; they are checked now, the images read as the results are iterated.
         """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
-        if top_k < 1:
-            raise UsageError("top-k must be at least 1")
+        k = _at_least_one("top_k", top_k)
         encoded = self.encode_paths(
             paths,
             batch_size=batch_size,
@@ -193,12 +204,11 @@ class ZeroShotClassifier:
             fast_decode=fast_decode,
             device_decode=device_decode,
         )
-        for group in _batched(encoded, DEFAULT_BATCH_SIZE):
-            yield from self.predict(group, top_k)
+        return (p for group in _batched(encoded, DEFAULT_BATCH_SIZE) for p in self.predict(group, k))
 
     def encode_paths(
         self,
-        paths: Iterable[Path],
+        paths: Iterable[str | os.PathLike[str]],
         *,
         batch_size: int | None = None,
         workers: int | None = None,
@@ -211,14 +221,27 @@ class ZeroShotClassifier:
         ``use_cache``: read and write the image-feature cache, so an image seen before is not decoded or
         encoded again. ``fast_decode``: decode large JPEGs at reduced scale (see ``images.load_image``).
         ``device_decode``: decode JPEGs on the model's device (see ``device_decode``); by default on CUDA.
+        The options are checked now; the files are read as the results are iterated.
         """
         on_gpu = self.model.device.type == "cuda"
-        batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
-        workers = workers or min(32 if on_gpu else 8, os.cpu_count() or 1)
-        if batch_size < 1:
-            raise UsageError("the batch size must be at least 1")
+        hint = "a list such as [Path('photo.jpg')] (classify() walks folders)"
+        files = map(Path, _items(paths, (str, os.PathLike), "paths", hint))
+        batch_size = _at_least_one("batch_size", batch_size, GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
+        workers = _at_least_one("workers", workers, min(32 if on_gpu else 8, os.cpu_count() or 1))
         draft_size = self.model.image_size if fast_decode else None
         geometry = self._device_geometry(device_decode)
+        return self._encode_paths(files, batch_size, workers, draft_size, geometry, use_cache)
+
+    def _encode_paths(
+        self,
+        paths: Iterable[Path],
+        batch_size: int,
+        workers: int,
+        draft_size: int | None,
+        geometry: DeviceGeometry | None,
+        use_cache: bool,
+    ) -> Iterator[tuple[Path, torch.Tensor | ImageError]]:
+        """``encode_paths`` once its arguments are checked: a generator, so nothing is read before it is iterated."""
         cache = self._feature_cache(draft_size, geometry) if use_cache else None
 
         def decode_on_cpu(path: Path) -> Item:
@@ -365,3 +388,50 @@ def _batched(items: Iterable[B], n: int) -> Iterator[tuple[B, ...]]:
 
 def _existing(path: str | None) -> str | None:
     return path if path and Path(path).is_file() else None
+
+
+# The arguments users get wrong, checked when a method is called (not when its results are first iterated) and
+# refused with a UsageError that shows the right call, as the README promises, rather than a Python error from
+# deep inside (or, worse, a meaningless result).
+
+
+def _items(value: object, kinds: tuple[type, ...], name: str, example: str) -> Iterator[Any]:
+    """The items of an argument that takes several values, each of one of ``kinds``: a list is checked whole
+    now, a generator item by item as it is iterated (so that a stream of paths still streams).
+
+    A lone string or path is refused, neither iterated (that would give one label or file per character) nor
+    taken as a one-item list: for labels a string could as well mean 'cat,dog' as --labels takes it, or a file of
+    labels (as ``templates=`` takes a file), and for inputs accepting it would make the same argument type mean
+    one thing in build and another in classify. One rule for both: a list-valued argument takes a list.
+    """
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise UsageError(f"{name} must be a list, not the single value {value!r}: {example}")
+    if not isinstance(value, Iterable):
+        raise UsageError(f"{name} must be a list, not {value!r}: {example}")
+    checked = (_item(item, kinds, name) for item in value)
+    return iter(tuple(checked)) if isinstance(value, Collection) else checked
+
+
+def _item(item: object, kinds: tuple[type, ...], name: str) -> object:
+    if not isinstance(item, kinds):
+        raise UsageError(f"{name}: each item must be a {' or '.join(k.__name__ for k in kinds)}, not {item!r}")
+    return item
+
+
+def _at_least_one(name: str, value: object, default: int | None = None) -> int:
+    """A count (top_k, batch_size, workers): a whole number of at least 1; None means the default, if any."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
+def _templates(templates: object) -> tuple[str, ...]:
+    """A built-in set's name or a template file (a string, as --templates takes), or the templates themselves,
+    which are read as the lines of a template file are: the CLI and the library accept the same templates, each
+    with exactly one '{}' where the label goes, and refuse the rest with the same message."""
+    if isinstance(templates, str):
+        return load_templates(templates)
+    given = _items(templates, (str,), "templates", "templates='openai-7' or templates=['a photo of {}.']")
+    return parse_templates("\n".join(given), "templates=[...]")
