@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.corpus import write_photos
+
+if TYPE_CHECKING:
+    from clipzs.api import ZeroShotClassifier
 
 MODELS = Path(__file__).parent / "models"
 TINYCLIP = Path(__file__).parent / "tinyclip"
@@ -80,6 +84,19 @@ def rand_nocausal(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 def tiny_clip() -> ModelFiles:
     """The tiny CLIP this repo trained on drawn shapes (tests/tinyclip/train.py remakes it)."""
     return ModelFiles(TINYCLIP / "tiny-clip.json", TINYCLIP / "tiny-clip.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clip: ModelFiles) -> ZeroShotClassifier:
+    """The tiny CLIP on the CPU with a zero-shot classifier of its shape classes."""
+    from clipzs.api import ZeroShotClassifier
+    from tests.tinyclip.shapes import CLASSES
+
+    zsc = ZeroShotClassifier.from_pretrained(
+        None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
+    )
+    zsc.build(CLASSES, "simple", use_cache=False)
+    return zsc
 
 
 @pytest.fixture(scope="session")

@@ -14,18 +14,8 @@ import torch
 from clipzs.api import ZeroShotClassifier
 from clipzs.device_decode import DeviceGeometry, read_jpeg
 from clipzs.errors import UsageError
-from tests.conftest import ModelFiles
 from tests.corpus import write_bad_inputs, write_tricky_images
-from tests.test_tiny_clip import CLASSES, MIN_ACCURACY, drawn_folder
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip: ModelFiles) -> ZeroShotClassifier:
-    zsc = ZeroShotClassifier.from_pretrained(
-        None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
-    )
-    zsc.build(CLASSES, "simple", use_cache=False)
-    return zsc
+from tests.test_tiny_clip import MIN_ACCURACY, drawn_folder
 
 
 def test_device_decoding_keeps_top_1(tiny: ZeroShotClassifier, tmp_path: Path) -> None:

@@ -13,17 +13,7 @@ import torch
 
 from clipzs import ClipzsError, Label, UsageError
 from clipzs.api import ZeroShotClassifier
-from tests.conftest import ModelFiles
 from tests.test_tiny_clip import CLASSES, drawn_folder
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip: ModelFiles) -> ZeroShotClassifier:
-    zsc = ZeroShotClassifier.from_pretrained(
-        None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
-    )
-    zsc.build(CLASSES, "simple", use_cache=False)
-    return zsc
 
 
 @pytest.fixture(scope="module")
