@@ -74,8 +74,12 @@ class FeatureCache:
             damage = e
         try:
             with _exclusive(Path(f"{database}.lock")):
-                with contextlib.suppress(sqlite3.DatabaseError):
+                try:
                     return cls(database, encoder)  # another process has replaced it meanwhile
+                except sqlite3.OperationalError:
+                    raise  # (locked, say: not damage, so nothing is deleted)
+                except sqlite3.DatabaseError:
+                    pass  # still damaged
                 for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
                     path.unlink(missing_ok=True)
                 cache = cls(database, encoder)
