@@ -10,6 +10,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipzs.errors import ClipzsWarning, ImageError, UsageError
-from clipzs.images import walk
+from clipzs.images import image_extensions, walk
 from clipzs.prompts import Label, read_text
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def load_dataset(root: Path) -> Dataset:
         raise UsageError(f"{root}: give a folder with one sub-folder per class, or a .csv / .jsonl of path,label")
     else:
         raise UsageError(f"{root} does not exist")
+    pairs = _once_each(pairs, root)
     classes = sorted({label for _, label in pairs})
     if len(classes) < 2:
         raise UsageError(f"{root} holds {len(classes)} class{'es' if not classes else ''}: it needs two or more")
@@ -56,9 +58,35 @@ def load_dataset(root: Path) -> Dataset:
     return Dataset([path for path, _ in pairs], [index[label] for _, label in pairs], classes)
 
 
+def _once_each(pairs: list[tuple[Path, str]], root: Path) -> list[tuple[Path, str]]:
+    """Each image once: a repeated row would count twice, and a few-shot probe could train on an image it is
+    then tested on. The same image under two labels is refused (this is single-label accuracy)."""
+    labels: dict[str, str] = {}
+    kept: list[tuple[Path, str]] = []
+    for path, label in pairs:
+        key = os.path.realpath(path)  # one file by any name: a linked class folder, a relative and absolute path
+        if key not in labels:
+            labels[key] = label
+            kept.append((path, label))
+        elif labels[key] != label:
+            raise UsageError(f"{root}: {path} is labelled both {labels[key]!r} and {label!r}; give it one label")
+    if len(kept) < len(pairs):
+        more = len(pairs) - len(kept)
+        warnings.warn(f"{root}: {more} images are listed more than once; each counts once", ClipzsWarning, stacklevel=3)
+    return kept
+
+
 def _from_folders(root: Path) -> list[tuple[Path, str]]:
     pairs: list[tuple[Path, str]] = []
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    extensions = image_extensions()
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions and p.name[0] != "."]
+    if loose:
+        warnings.warn(
+            f"{root}: {len(loose)} images lie beside the class folders, in no class: left out",
+            ClipzsWarning,
+            stacklevel=3,
+        )
     empty = []
     for folder in folders:
         images = walk(folder)

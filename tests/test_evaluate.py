@@ -59,6 +59,30 @@ def test_dataset_from_folders_csv_and_jsonl(tmp_path: Path) -> None:
         assert other.classes == data.classes and sorted(other.paths) == sorted(data.paths)
 
 
+def test_each_image_counts_once_and_has_one_label(tmp_path: Path) -> None:
+    from clipzs.errors import ClipzsWarning
+
+    shapes_tree(tmp_path / "tree", CLASSES[:2], per_class=2, seed=1)
+    a, b = (c.replace(" ", "_") for c in CLASSES[:2])
+    rows = [f"tree/{a}/0.png,{a}", f"tree/{a}/1.png,{a}", f"tree/{b}/0.png,{b}", f"tree/{b}/1.png,{b}"]
+    (tmp_path / "twice.csv").write_text("path,label\n" + "\n".join([*rows, rows[0], f"{tmp_path}/tree/{a}/0.png,{a}"]))
+    with pytest.warns(ClipzsWarning, match="2 images are listed more than once; each counts once"):
+        data = load_dataset(tmp_path / "twice.csv")
+    assert len(data.paths) == 4  # a repeated row would count twice, and could be both trained and tested on
+
+    (tmp_path / "both.csv").write_text("path,label\n" + "\n".join([*rows, f"tree/{a}/0.png,{b}"]))
+    with pytest.raises(UsageError, match=f"labelled both '{a}' and '{b}'"):
+        load_dataset(tmp_path / "both.csv")
+
+    (tmp_path / "tree" / "linked").symlink_to(tmp_path / "tree" / a)  # the same images as a second class
+    with pytest.raises(UsageError, match="labelled both"):
+        load_dataset(tmp_path / "tree")
+    (tmp_path / "tree" / "linked").unlink()
+    (tmp_path / "tree" / "loose.png").write_bytes((tmp_path / "tree" / a / "0.png").read_bytes())
+    with pytest.warns(ClipzsWarning, match="1 images lie beside the class folders"):
+        assert len(load_dataset(tmp_path / "tree").paths) == 4
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [({"a": 2, "b": 0}, "without images"), ({"a": 3}, "needs two or more"), ({}, "needs two or more")],
