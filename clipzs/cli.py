@@ -911,8 +911,9 @@ def _check_output_place(output: Path, folder: bool) -> None:
     """Refuse an --output that cannot be written before the model loads, not after. A file needs its folder to
     exist; a folder (Parquet's) is made with the folders above it."""
     if folder:
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"cannot write Parquet to {output}: it is a file, and Parquet is written to a folder")
+        from clipzs.output import check_parquet_folder
+
+        check_parquet_folder(output)
         return
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: {output.parent} is not an existing folder")

@@ -146,6 +146,11 @@ def escape_surrogates(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def json_text(record: dict[str, Any]) -> str:
+    """A record as one line of JSON, valid UTF-8 even for a file name that is not (``escape_surrogates``)."""
+    return escape_surrogates(json.dumps(record, ensure_ascii=False))
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u(d[89a-f][0-9a-f]{2})")
 
 
@@ -161,7 +166,7 @@ class JsonlWriter:
         self.stream = stream
 
     def write(self, prediction: Prediction) -> None:
-        self.stream.write(escape_surrogates(json.dumps(prediction.to_dict(), ensure_ascii=False)) + "\n")
+        self.stream.write(json_text(prediction.to_dict()) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -197,7 +202,7 @@ class ParquetWriter:
     @staticmethod
     def written_paths(folder: Path) -> set[str]:
         """The paths in the parts already in ``folder``; a part that is not a readable clipzs part is refused."""
-        _check_parquet_folder(folder)
+        check_parquet_folder(folder)
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -218,20 +223,21 @@ def open_parquet_folder(folder: Path) -> int:
 
     That is the number of parts there, but at least one past the highest number in their names: a part moved
     away leaves a gap, and the count alone would then name a new part as one already there, and write over it."""
-    _check_parquet_folder(folder)
+    check_parquet_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parts = list(folder.glob("part-*.parquet"))
     numbers = [int(m[1]) for part in parts if (m := re.match(r"part-(\d+)", part.name))]
     return max([len(parts), *(number + 1 for number in numbers)])
 
 
-def _check_parquet_folder(folder: Path) -> None:
+def check_parquet_folder(folder: Path) -> None:
+    """Parquet output needs pyarrow, and a folder (or nothing yet) at ``folder``."""
     try:
         import pyarrow  # noqa: F401
     except ImportError as e:
         raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} exists and is not a folder: Parquet output is a folder of parts")
+        raise UsageError(f"cannot write Parquet to {folder}: it is a file, and Parquet is written to a folder of parts")
 
 
 def write_parquet_part(path: Path, records: Sequence[dict[str, Any]]) -> None:

@@ -76,9 +76,9 @@ def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
 
 def step_json(step: Step) -> str:
     """A step as one line of JSON; a file name that is not UTF-8 keeps its bytes as JSON escapes."""
-    from clipzs.output import escape_surrogates
+    from clipzs.output import json_text
 
-    return escape_surrogates(json.dumps(asdict(step), ensure_ascii=False))
+    return json_text(asdict(step))
 
 
 def _carry_out(step: Step) -> None:
