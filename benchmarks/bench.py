@@ -224,6 +224,68 @@ class Bench:
             f"{t_model / t_ours:.0%} of model-only; {t_ref / t_ours:.2f}x reference",
         )
 
+    def shapes(self, model_name: str, checkpoint: Path, paths: list[Path], label: str) -> None:
+        """Other shapes of the CPU pipeline, in the library, against ``encode_paths`` as it is (RESULTS.md says why
+        it was kept): lanes (two threads, each decoding a batch of 16, then encoding it with one torch thread of
+        its own) and phases (a batch decoded on two threads, then encoded on both, nothing overlapped)."""
+        import threading
+
+        import torch
+
+        from clipzs.api import ZeroShotClassifier
+        from clipzs.images import load_image
+
+        zsc = ZeroShotClassifier.from_pretrained(model_name, str(checkpoint), device="cpu")
+        model, size, batch = zsc.model, zsc.model.image_size, 16
+        threads = torch.get_num_threads()
+        images = torch.randn(self.args.batch_size, 3, size, size)
+
+        def decode(path: Path) -> object:
+            return model.prepare(load_image(path, draft_size=size))
+
+        def model_only() -> None:
+            for _ in range(max(1, len(paths) // self.args.batch_size)):
+                model.encode_images(images)
+
+        def pipeline() -> None:
+            for _ in zsc.encode_paths(paths, use_cache=False):
+                pass
+
+        def lanes() -> None:
+            batches = iter([paths[i : i + batch] for i in range(0, len(paths), batch)])
+            lock = threading.Lock()
+
+            def lane() -> None:
+                torch.set_num_threads(1)  # this thread's own: torch keeps the count per thread
+                while True:
+                    with lock:
+                        chunk = next(batches, None)
+                    if chunk is None:
+                        return
+                    model.encode_prepared([decode(path) for path in chunk])  # type: ignore[misc]
+
+            workers = [threading.Thread(target=lane) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            torch.set_num_threads(threads)
+
+        def phases() -> None:
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                for i in range(0, len(paths), batch):
+                    model.encode_prepared(list(pool.map(decode, paths[i : i + batch])))  # type: ignore[arg-type]
+
+        model_only()  # warm-up
+        t_model, t_pipeline, t_lanes, t_phases = interleaved([model_only, pipeline, lanes, phases], self.args.repeats)
+        rate = max(1, len(paths) // self.args.batch_size) * self.args.batch_size / t_model
+        self.row(f"{model_name} {label}: model-only forward", f"{rate:.1f} img/s")
+        for name, seconds in (("pipeline (encode_paths)", t_pipeline), ("lanes", t_lanes), ("phases", t_phases)):
+            value = len(paths) / seconds
+            self.row(
+                f"{model_name} {label}: CPU shape: {name}", f"{value:.1f} img/s", f"{value / rate:.0%} of model-only"
+            )
+
     def stages(self, model_name: str, checkpoint: Path, paths: list[Path], label: str) -> None:
         """Where the time goes when JPEGs are decoded on the device, stage by stage over the same batches:
         reading and checking the files on threads, decoding and resizing on the device, the image encoder,
@@ -672,6 +734,8 @@ def main() -> None:
                 bench.attempt(bench.images, name, checkpoint, phone, "12 MP")
             if "stages" in parts:
                 bench.attempt(bench.stages, name, checkpoint, small, size)
+            if "shapes" in parts and args.device == "cpu":
+                bench.attempt(bench.shapes, name, checkpoint, phone, "12 MP")
             if "overlap" in parts:
                 bench.attempt(bench.overlap, name, checkpoint, small, size)
             if "reclassify" in parts:
