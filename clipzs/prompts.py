@@ -4,6 +4,7 @@ Label syntax, one label per item (comma-separated on the command line, one per l
 
     cat                          the label "cat", prompted as "cat"
     cat=cat|kitten|house cat     the label "cat", its prompts ensembled over three aliases
+    cat|kitten|house cat         the same: without a name, the first alias names the label
 
 A template is a line of text in which ``{}`` marks where the label (or alias) goes.
 """
@@ -80,14 +81,18 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
 
 
 def parse_label(spec: str) -> Label:
-    """Parse ``name`` or ``name=alias|alias|...``."""
+    """Parse ``name``, ``name=alias|alias|...`` or ``alias|alias|...`` (the first alias names the label)."""
     name, sep, rest = spec.partition("=")
     name = name.strip()
-    aliases = tuple(a.strip() for a in rest.split("|")) if sep else (name,)
-    if not name:
-        raise UsageError(f"a label needs a name: {spec!r}")
+    if sep:
+        aliases = tuple(a.strip() for a in rest.split("|"))
+    else:
+        aliases = tuple(a.strip() for a in name.split("|"))
+        name = aliases[0]
     if not all(aliases):
         raise UsageError(f"empty alias in label {spec!r} (write name=alias|alias)")
+    if not name:
+        raise UsageError(f"a label needs a name: {spec!r}")
     return Label(name, aliases)
 
 

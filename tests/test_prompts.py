@@ -28,6 +28,7 @@ def test_builtin_sets_are_open_clips_own() -> None:
 def test_labels_with_aliases() -> None:
     labels = labels_from_option("cat=cat|kitten|house cat, dog ,")
     assert labels == (Label("cat", ("cat", "kitten", "house cat")), Label("dog", ("dog",)))
+    assert labels_from_option("cat | kitten|house cat,dog") == labels, "without '=', the first alias names it"
     assert expand(labels[0], ["a photo of a {}.", "art of the {}."]) == [
         "a photo of a cat.",
         "art of the cat.",
@@ -46,7 +47,15 @@ def test_labels_file_skips_comments_and_blank_lines(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("cat,cat", "twice"), (" , ", "no labels"), ("=cat", "needs a name"), ("cat=cat||kitten", "empty alias")],
+    [
+        ("cat,cat", "twice"),
+        (" , ", "no labels"),
+        ("=cat", "needs a name"),
+        ("cat=cat||kitten", "empty alias"),
+        ("cat||kitten", "empty alias"),
+        ("|kitten", "empty alias"),
+        ("cat|kitten,cat", "twice"),
+    ],
 )
 def test_bad_labels_say_why(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
