@@ -302,18 +302,20 @@ class ZeroShotClassifier:
         clf = self.classifier
         return clf is not None and (clf.logit_scale is not None or self.model.logit_bias is None)
 
-    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores [N, C] of image features [N, D] against the classifier: a zero-shot classifier uses the
-        model's temperature (and SigLIP's bias, with a sigmoid), a trained one its own bias, with a softmax."""
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C] of image features [N, D] against the classifier, which rank the labels: a zero-shot
+        classifier uses the model's temperature (and SigLIP's bias), a trained one its own scale and bias."""
         clf = self.classifier
         if clf is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
         if clf.logit_scale is not None:
-            return scoring.probabilities(scoring.logits(features, clf.weights, clf.logit_scale, clf.bias), False)
-        bias = self.model.logit_bias
-        return scoring.probabilities(
-            scoring.logits(features, clf.weights, self.model.logit_scale, bias), sigmoid=bias is not None
-        )
+            return scoring.logits(features, clf.weights, clf.logit_scale, clf.bias)
+        return scoring.logits(features, clf.weights, self.model.logit_scale, self.model.logit_bias)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores [N, C] of image features [N, D]: a softmax of the logits, or an independent sigmoid per label
+        for SigLIP's zero-shot scores (``scores_sum_to_one``)."""
+        return scoring.probabilities(self.logits(features), sigmoid=not self.scores_sum_to_one)
 
     def _encode_batch(
         self,
@@ -343,8 +345,8 @@ class ZeroShotClassifier:
         assert self.classifier is not None
         features = [x for _, x in items if isinstance(x, torch.Tensor)]
         if features:
-            probs = self.probabilities(torch.stack(features))
-            values, indices = (t.tolist() for t in scoring.top_k(probs, k))
+            logits = self.logits(torch.stack(features))
+            values, indices = (t.tolist() for t in scoring.top_k(logits, k, sigmoid=not self.scores_sum_to_one))
         names = self.classifier.names
         row = 0
         for path, x in items:

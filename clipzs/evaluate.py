@@ -250,8 +250,8 @@ def evaluate_model(
     runs = []
     for templates in template_sets:
         zsc.build(labels, templates, use_cache=use_cache)
-        probs = zsc.probabilities(features).numpy()
-        runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(probs, targets)))
+        scores = zsc.logits(features).numpy()  # the ranking is all the metrics need
+        runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(scores, targets)))
     x, y = features.numpy(), np.asarray(targets)
     for k in shots:
         chosen = few_shot(y, k, seed)
@@ -274,9 +274,10 @@ def evaluate_classifier(
     if missing:
         raise UsageError(f"classifier {name} has no label for the classes {', '.join(missing)}")
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
-    probs = zsc.probabilities(features).numpy()[:, [names.index(c) for c in dataset.classes]]
+    scores = zsc.logits(features).numpy()[:, [names.index(c) for c in dataset.classes]]
     kind = str(zsc.classifier.meta.get("kind", "zero-shot"))
-    return Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(probs, targets)), skipped
+    run = Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(scores, targets))
+    return run, skipped
 
 
 def check_plot_path(path: Path) -> None:

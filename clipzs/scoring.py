@@ -43,7 +43,8 @@ def probabilities(logits_: torch.Tensor, sigmoid: bool) -> torch.Tensor:
     return torch.sigmoid(logits_) if sigmoid else logits_.softmax(dim=-1)
 
 
-def top_k(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best scores and their class indices per row, best first; k is clipped to the class count."""
-    values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    return values, indices
+def top_k(logits_: torch.Tensor, k: int, sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best classes per row, best first, ranked by logit and scored by ``probabilities``: ranked by
+    probability, labels whose sigmoids both round to 1.0 would tie. k is clipped to the class count."""
+    indices = logits_.topk(min(k, logits_.shape[-1]), dim=-1).indices
+    return probabilities(logits_, sigmoid).gather(-1, indices), indices

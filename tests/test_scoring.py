@@ -33,6 +33,16 @@ def test_softmax_sums_to_one_sigmoid_does_not() -> None:
 
 
 def test_top_k_is_clipped_to_the_class_count() -> None:
-    values, indices = scoring.top_k(torch.tensor([[0.1, 0.7, 0.2]]), 5)
+    logits = torch.tensor([[0.1, 0.7, 0.2]]).log()
+    values, indices = scoring.top_k(logits, 5, sigmoid=False)
     assert indices.tolist() == [[1, 2, 0]]
     assert torch.allclose(values, torch.tensor([[0.7, 0.2, 0.1]]))
+
+
+def test_top_k_ranks_saturated_sigmoids_by_logit() -> None:
+    """Sigmoids of logits above about 17 are all 1.0 in float32: the logits still rank them."""
+    logits = torch.tensor([[21.6, 32.8, -6.4]])
+    assert scoring.probabilities(logits, sigmoid=True)[0, 0] == scoring.probabilities(logits, sigmoid=True)[0, 1]
+    values, indices = scoring.top_k(logits, 2, sigmoid=True)
+    assert indices.tolist() == [[1, 0]]
+    assert values.tolist() == [[1.0, 1.0]]
