@@ -102,6 +102,21 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == targets).mean())
 
 
+def log_loss(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean cross-entropy of the softmax: how much probability the right classes get, not only whether they
+    rank first."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(targets)), targets].mean())
+
+
+def held_out_score(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """What choices on held-out images maximise: accuracy, then (for the many ties of few held-out images, or
+    of classes apart) the least log-loss, so that scores mean something: among equally accurate probes the most
+    regularised is nearly uniform, each class scoring about 1/classes."""
+    return accuracy(logits, targets), -log_loss(logits, targets)
+
+
 def blend(zero_shot: Linear, probe: Linear, alpha: float) -> Linear:
     """alpha * zero-shot logits + (1 - alpha) * probe logits, as one linear classifier."""
     return Linear(
@@ -125,20 +140,25 @@ def fit_probe(
         c, score = DEFAULT_C, None
     else:
         scored = [
-            (accuracy(fit_logistic(features[train], truth[train], classes, c).logits(features[held]), truth[held]), -c)
+            (
+                held_out_score(
+                    fit_logistic(features[train], truth[train], classes, c).logits(features[held]), truth[held]
+                ),
+                -c,
+            )
             for c in C_GRID
         ]
-        best, negative_c = max(scored)  # ties go to the stronger regularisation
-        c, score = -negative_c, best
+        (score, _), negative_c = max(scored)  # (exact ties: the stronger regularisation)
+        c = -negative_c
     alpha = None
     if zero_shot is not None:
         alpha = 0.5
         if trainable:
             probe = fit_logistic(features[train], truth[train], classes, c)
             options = [
-                (accuracy(blend(zero_shot, probe, a).logits(features[held]), truth[held]), a) for a in ALPHA_GRID
+                (held_out_score(blend(zero_shot, probe, a).logits(features[held]), truth[held]), a) for a in ALPHA_GRID
             ]
-            score, alpha = max(options)
+            (score, _), alpha = max(options)
     final = fit_logistic(features, truth, classes, c)
     return ProbeResult(
         blend(zero_shot, final, alpha) if zero_shot is not None and alpha is not None else final, c, alpha, score

@@ -164,3 +164,19 @@ def test_a_probe_file_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     code, stdout, _ = cli("classify", str(train / "alpha"), "-c", str(probe), "--device", "cpu")
     assert code == EXIT_OK and len(jsonl(stdout)) == 3
+
+
+def test_a_probe_of_classes_set_apart_scores_with_confidence() -> None:
+    """Every C is 100% accurate on such classes: the choice must not fall to the most regularised probe, whose
+    scores are about 1/12 each (and useless for --min-score or `score > 0.8`)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 32))
+    targets = np.repeat(np.arange(12), 10)
+    features = centres[targets] + rng.normal(scale=0.1, size=(120, 32))
+    features = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+    result = fit_probe(features, targets, 12)
+    assert result.held_out_accuracy == 1.0
+    logits = result.classifier.logits(features)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert probs.max(axis=1).mean() > 0.8
