@@ -953,6 +953,15 @@ def _progress(console: Console, total: int, quiet: bool) -> Iterator[Callable[[]
         yield lambda: progress.advance(task)
 
 
+def _exit_broken_pipe(console: Console) -> None:
+    """The reader went away (| head): stop quietly with a broken pipe's status, as the commands' own output does,
+    where rich would exit 1, as if clipzs had failed."""
+    from clipzs.output import silence
+
+    silence(sys.stdout)
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
 def main() -> None:
     """Entry point of the `clipzs` command: run on the resident server when one listens, else here."""
     from clipzs.server import forward
@@ -960,4 +969,11 @@ def main() -> None:
     code = forward(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    app()
+    from rich.console import Console
+
+    Console.on_broken_pipe = _exit_broken_pipe  # type: ignore[method-assign,assignment] # (Typer's help is printed by rich)
+    try:
+        app()
+    except OSError as e:  # help written to a full disk, say
+        print(f"clipzs: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

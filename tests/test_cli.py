@@ -202,15 +202,24 @@ def test_help_shows_the_defaults() -> None:
         assert default in flat
 
 
-def test_a_closed_pipe_ends_quietly() -> None:
+@pytest.mark.parametrize("args", [["models"], ["--help"], ["classify", "--help"]])
+def test_a_closed_pipe_ends_quietly(args: list[str]) -> None:
     """`clipzs models | head -1`: the reader goes away; no traceback, the shell's SIGPIPE status."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipzs", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "clipzs", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # gone before the first line: reading one first raced the child's last writes
     stderr = proc.stderr.read()
     assert proc.wait(timeout=60) == EXIT_BROKEN_PIPE and stderr == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_help_to_a_full_disk_says_so() -> None:
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "clipzs", "--help"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert run.returncode == EXIT_USAGE
+    assert run.stderr == "clipzs: error: cannot write the output: No space left on device\n"
 
 
 @pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
