@@ -158,6 +158,17 @@ def test_heic_loads_without_walking_a_folder_first(tricky_dir: Path) -> None:
     assert run.stdout.strip() == str(TRICKY_SIZE), run.stderr.strip().splitlines()[-1:]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tga"])
+def test_an_alpha_channel_left_at_zero_is_ignored(tmp_path: Path, suffix: str) -> None:
+    """Viewers show such files (often 32-bit BMPs and TGAs) opaque: the picture must not become a flat colour."""
+    image = reference().convert("RGBA")
+    image.putalpha(0)
+    path = tmp_path / f"zero-alpha{suffix}"
+    image.save(path)
+    assert Image.open(path).mode == "RGBA"
+    assert difference(load_image(path), reference()) < 1
+
+
 def test_bad_inputs_raise_image_error_with_the_reason(tmp_path: Path) -> None:
     problems = {}
     for path, keyword in write_bad_inputs(tmp_path).items():
