@@ -241,7 +241,7 @@ class Bench:
         images = torch.randn(self.args.batch_size, 3, size, size)
 
         def decode(path: Path) -> object:
-            return model.prepare(load_image(path, draft_size=size))
+            return model.prepare(load_image(path, draft=model.draft))
 
         def model_only() -> None:
             for _ in range(max(1, len(paths) // self.args.batch_size)):

@@ -38,7 +38,7 @@ from clipzs.config import (
 from clipzs.device_decode import FILES_PER_TASK, DeviceGeometry, JpegBytes, read_jpeg, resolve
 from clipzs.errors import ClassifierError, ClipzsError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
-from clipzs.images import discover, load_image, ordered_map
+from clipzs.images import Draft, discover, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
 from clipzs.prediction import Prediction
 from clipzs.prompts import Label, expand, load_templates, parse_labels, parse_templates
@@ -228,25 +228,25 @@ class ZeroShotClassifier:
         files = map(Path, _items(paths, (str, os.PathLike), "paths", hint))
         batch_size = _at_least_one("batch_size", batch_size, GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
         workers = _at_least_one("workers", workers, min(32 if on_gpu else 8, os.cpu_count() or 1))
-        draft_size = self.model.image_size if fast_decode else None
+        draft = self.model.draft if fast_decode else None
         geometry = self._device_geometry(device_decode)
-        return self._encode_paths(files, batch_size, workers, draft_size, geometry, use_cache)
+        return self._encode_paths(files, batch_size, workers, draft, geometry, use_cache)
 
     def _encode_paths(
         self,
         paths: Iterable[Path],
         batch_size: int,
         workers: int,
-        draft_size: int | None,
+        draft: Draft | None,
         geometry: DeviceGeometry | None,
         use_cache: bool,
     ) -> Iterator[tuple[Path, torch.Tensor | ImageError]]:
         """``encode_paths`` once its arguments are checked: a generator, so nothing is read before it is iterated."""
-        cache = self._feature_cache(draft_size, geometry) if use_cache else None
+        cache = self._feature_cache(draft, geometry) if use_cache else None
 
         def decode_on_cpu(path: Path) -> Item:
             try:
-                return self.model.prepare(load_image(path, draft_size=draft_size))
+                return self.model.prepare(load_image(path, draft=draft))
             except ImageError as e:
                 return e
 
@@ -290,9 +290,12 @@ class ZeroShotClassifier:
             )
         return geometry
 
-    def _feature_cache(self, draft_size: int | None, geometry: DeviceGeometry | None) -> FeatureCache | None:
-        decoder = "device" if geometry else f"draft={draft_size or 0}"
-        encoder = f"{self.model.fingerprint}|{self.model.cache_tag}|{decoder}"
+    def _feature_cache(self, draft: Draft | None, geometry: DeviceGeometry | None) -> FeatureCache | None:
+        import open_clip
+
+        # The device decodes whole, but leaves some JPEGs (rotated, CMYK) to the CPU's decoder and its drafts.
+        decoder = f"{'device,' if geometry else ''}draft:{draft.key if draft else 'none'}"
+        encoder = f"{self.model.fingerprint}|{self.model.cache_tag}|{decoder}|open_clip {open_clip.__version__}"
         return FeatureCache.open(cache_dir() / "features.sqlite3", encoder)
 
     @property

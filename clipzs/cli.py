@@ -316,7 +316,7 @@ def _on_ray(
             model=model,
             classifier_file=classifier_file,
             geometry=zsc.model.pixels.geometry,
-            draft_size=zsc.model.image_size,
+            draft=zsc.model.draft,
             top_k=top_k,
             batch_size=batch_size or 32,
             workers=workers,

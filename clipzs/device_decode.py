@@ -23,7 +23,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-ORIENTATION_TAG = 0x0112
+from clipzs.images import ORIENTATION_TAG
+
 X_RESOLUTION_TAG = 0x011A
 MAX_FILE_BYTES = 1 << 30
 """Larger files are left to the CPU path rather than read whole into memory on a decode thread."""

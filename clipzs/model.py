@@ -31,6 +31,7 @@ import torch
 from clipzs.cache import file_sha256
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
+from clipzs.images import Draft
 
 logger = logging.getLogger("clipzs")
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -109,6 +110,26 @@ class LoadedModel:
     def image_size(self) -> int:
         size = self.model.visual.image_size
         return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    @functools.cached_property
+    def draft(self) -> Draft | None:
+        """How large JPEGs may be decoded at reduced scale for this model (``images.load_image``): where its
+        preprocess starts with a bicubic resize of the shorter side or of both to one size; None otherwise."""
+        from torchvision.transforms import InterpolationMode, Resize
+
+        geometry = self.pixels.geometry if self.pixels else self.preprocess
+        steps = list(getattr(geometry, "transforms", []))
+        resize = steps[0] if steps else None
+        if (
+            not isinstance(resize, Resize)
+            or resize.interpolation != InterpolationMode.BICUBIC
+            or resize.max_size is not None
+        ):
+            return None
+        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+        if len(size) == 1:
+            return Draft(int(size[0]))
+        return Draft(int(size[0]), squash=True) if size[0] == size[1] else None
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

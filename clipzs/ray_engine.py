@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from clipzs.errors import UsageError
+from clipzs.images import Draft
 from clipzs.output import PARQUET_PART_ROWS, open_parquet_folder
 from clipzs.prediction import Prediction
 
@@ -69,7 +70,7 @@ def plan_actors(nodes: Sequence[dict[str, float]], workers: int | None) -> Actor
     return ActorPlan(actors, num_cpus, 0.0, max(1, math.ceil(num_cpus)))
 
 
-def _decode(batch: dict[str, np.ndarray], geometry: Any, draft_size: int | None) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], geometry: Any, draft: Draft | None) -> dict[str, np.ndarray]:
     """A Ray task: decode and resize a batch of images; unreadable ones carry their reason instead."""
     from clipzs.errors import ImageError
     from clipzs.images import load_image
@@ -78,7 +79,7 @@ def _decode(batch: dict[str, np.ndarray], geometry: Any, draft_size: int | None)
     errors = []
     for path in batch["path"]:
         try:
-            pixels.append(np.asarray(geometry(load_image(Path(path), draft_size=draft_size))))
+            pixels.append(np.asarray(geometry(load_image(Path(path), draft=draft))))
             errors.append("")
         except ImageError as e:
             pixels.append(None)
@@ -142,7 +143,7 @@ def classify_on_ray(
     model: dict[str, Any],
     classifier_file: Path,
     geometry: Any,
-    draft_size: int | None,
+    draft: Draft | None,
     top_k: int,
     batch_size: int,
     workers: int | None = None,
@@ -180,7 +181,7 @@ def classify_on_ray(
         model=model,
         classifier=classifier_file.read_bytes(),
         geometry=geometry,
-        draft_size=draft_size,
+        draft=draft,
         top_k=top_k,
         batch_size=batch_size,
     )
@@ -204,7 +205,7 @@ def build_dataset(
     model: dict[str, Any],
     classifier: bytes,
     geometry: Any,
-    draft_size: int | None,
+    draft: Draft | None,
     top_k: int,
     batch_size: int,
 ) -> Any:
@@ -214,7 +215,7 @@ def build_dataset(
 
     dataset = ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(paths)])
     decoded = dataset.map_batches(
-        functools.partial(_decode, geometry=geometry, draft_size=draft_size),
+        functools.partial(_decode, geometry=geometry, draft=draft),
         batch_size=batch_size,
         num_cpus=TASK_CPUS,
     )

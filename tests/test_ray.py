@@ -105,7 +105,7 @@ def test_decoding_runs_in_tasks_of_its_own(workers: int, capsys: pytest.CaptureF
         model={},
         classifier=b"",
         geometry=None,
-        draft_size=None,
+        draft=None,
         top_k=1,
         batch_size=4,
     )
