@@ -76,13 +76,8 @@ def key_of(fields: dict[str, Any]) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, remembered in the cache by resolved path, size and mtime."""
-    stat = path.stat()
-    memo = (
-        cache_dir()
-        / "fingerprints"
-        / key_of({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    )
+    """SHA-256 of a file's bytes, remembered in the cache by the file's resolved path and ``file_version``."""
+    memo = cache_dir() / "fingerprints" / key_of({"path": str(path.resolve()), "version": file_version(path)})
     try:
         return memo.read_text().strip()
     except OSError:
@@ -95,6 +90,13 @@ def file_sha256(path: Path) -> str:
     with contextlib.suppress(OSError):  # an unwritable cache only costs re-hashing next time
         atomic_write(memo, lambda tmp: _write_text(tmp, hexdigest))
     return hexdigest
+
+
+def file_version(path: Path) -> tuple[int, int, int, int]:
+    """What ``stat`` says of a file's version: size, mtime, inode and ctime. Tools that copy a file's mtime
+    (``cp -p``, ``rsync -a``, ``tar``) cannot set its ctime, so a file replaced so is a new version too."""
+    status = path.stat()
+    return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 def _write_text(path: Path, text: str) -> None:

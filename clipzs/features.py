@@ -1,7 +1,9 @@
 """The image-feature cache: one SQLite file, rows keyed by file identity and by what encoded them.
 
-A row holds the L2-normalised features of one image file, keyed by its resolved path, size and mtime (a
-changed file misses and is re-encoded) and by the encoder key (model weights fingerprint and everything else
+A row holds the L2-normalised features of one image file, keyed by its resolved path and what ``stat`` says of
+its version: size, mtime, inode and ctime (a changed file misses and is re-encoded; ctime, which no tool can
+set back, catches a file replaced by one of the same size with its old mtime kept, as ``cp -p`` or ``rsync
+-a`` do) and by the encoder key (model weights fingerprint and everything else
 that changes the numbers: precision, decoding). Each batch is written in one transaction, so a run killed at
 any moment leaves every row whole: SQLite's journal takes care of that.
 
@@ -26,17 +28,19 @@ import numpy as np
 
 from clipzs.errors import CacheWarning
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SET_UP_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
 class FileKey:
-    """What identifies an image file's content cheaply: where it resolves to, its size and its mtime."""
+    """What identifies an image file's content cheaply: where it resolves to, and its version as ``stat`` says."""
 
     path: str
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
 
     @classmethod
     def of(cls, path: Path) -> FileKey | None:
@@ -52,7 +56,7 @@ class FileKey:
             resolved.encode("utf-8")
         except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
             return None
-        return cls(resolved, status.st_size, status.st_mtime_ns)
+        return cls(resolved, status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 class FeatureCache:
@@ -124,7 +128,7 @@ class FeatureCache:
                 self.db.execute("DROP TABLE IF EXISTS features")  # made the table (and filled it) meanwhile
                 self.db.execute(
                     "CREATE TABLE features (encoder TEXT, path TEXT, size INTEGER, mtime_ns INTEGER, "
-                    "vector BLOB, PRIMARY KEY (encoder, path))"
+                    "inode INTEGER, ctime_ns INTEGER, vector BLOB, PRIMARY KEY (encoder, path))"
                 )
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -133,9 +137,9 @@ class FeatureCache:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def get_many(self, keys: Sequence[FileKey]) -> dict[FileKey, np.ndarray]:
-        """The cached features of those keys that have them; a file whose size or mtime changed misses."""
+        """The cached features of those keys that have them; a file changed since (another key) misses."""
         found: dict[FileKey, np.ndarray] = {}
-        wanted = {(k.path, k.size, k.mtime_ns): k for k in keys}
+        wanted = {(k.path, k.size, k.mtime_ns, k.inode, k.ctime_ns): k for k in keys}
         paths = list({k.path for k in keys})
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
@@ -143,15 +147,15 @@ class FeatureCache:
                 break
             try:
                 rows = self.db.execute(
-                    f"SELECT path, size, mtime_ns, vector FROM features WHERE encoder = ? AND path IN "
+                    f"SELECT path, size, mtime_ns, inode, ctime_ns, vector FROM features WHERE encoder = ? AND path IN "
                     f"({','.join('?' * len(chunk))})",
                     [self.encoder, *chunk],
                 ).fetchall()
             except sqlite3.Error as e:
                 self._give_up("read", e)
                 break
-            for path, size, mtime_ns, vector in rows:
-                key = wanted.get((path, size, mtime_ns))
+            for *stat_key, vector in rows:
+                key = wanted.get(tuple(stat_key))
                 if key is not None:
                     found[key] = np.frombuffer(vector, dtype=np.float32)
         return found
@@ -159,13 +163,21 @@ class FeatureCache:
     def put_many(self, items: Iterable[tuple[FileKey, np.ndarray]]) -> None:
         """Store features, replacing older rows of the same files, in one transaction."""
         rows = [
-            (self.encoder, k.path, k.size, k.mtime_ns, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+            (
+                self.encoder,
+                k.path,
+                k.size,
+                k.mtime_ns,
+                k.inode,
+                k.ctime_ns,
+                np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+            )
             for k, v in items
         ]
         if rows and self.db is not None:
             try:
                 with self._transaction():
-                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)
+                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.Error as e:
                 self._give_up("written", e)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipzs.cache import file_sha256
+from clipzs.cache import file_sha256, file_version, key_of
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
 from clipzs.images import Draft
@@ -49,7 +49,8 @@ class LoadedModel:
     name: str
     pretrained: str
     fingerprint: str
-    """Identifies the weights: 'name:tag' for a hub tag, 'sha256:...' of a local checkpoint file."""
+    """Identifies the model: its weights ('name:tag' for a hub tag, 'sha256:...' of a local checkpoint file) and,
+    after '|built:', a digest of the name, config and options it was built from."""
     device: torch.device
     model_config: str | None = None
     pixels: PixelPipeline | None = None
@@ -328,15 +329,14 @@ def _remember(versions: dict[str, LoadedModel], make: Callable[[], LoadedModel])
     return loaded
 
 
-def _file_state(path: str | os.PathLike[str] | None) -> tuple[str, int, int] | None:
+def _file_state(path: str | os.PathLike[str] | None) -> tuple[str, tuple[int, int, int, int]] | None:
     """Which file a path names now, and its version: a changed file is a different model."""
     if path is None:
         return None
     try:
-        stat = Path(path).expanduser().stat()
+        return (str(Path(path).expanduser().resolve()), file_version(Path(path).expanduser()))
     except OSError:
         return None
-    return (str(Path(path).expanduser().resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _load_model(
@@ -351,34 +351,69 @@ def _load_model(
     if model_config is not None:
         config_path = Path(model_config)
         _check_model_config(config_path)
-        open_clip.add_model_config(config_path)
         name = name or config_path.stem
     if not name:
         raise UsageError("no model given")
+    with _config_registered(config_path):
+        return _build(open_clip, name, pretrained, config_path, device)
+
+
+@contextlib.contextmanager
+def _config_registered(config_path: Path | None) -> Iterator[None]:
+    """open_clip's process-wide table of model configs with ``config_path`` added for the time of one load, then
+    put back: a custom config must not replace a built-in model of its name for later loads in this process."""
+    if config_path is None:
+        yield
+        return
+    import open_clip.factory as factory
+
+    configs = dict(getattr(factory, "_MODEL_CONFIGS", {}))
+    paths = list(getattr(factory, "_MODEL_CONFIG_PATHS", []))
+    try:
+        factory.add_model_config(config_path)
+        yield
+    finally:
+        if hasattr(factory, "_MODEL_CONFIGS"):
+            factory._MODEL_CONFIGS = configs
+        if hasattr(factory, "_MODEL_CONFIG_PATHS"):
+            factory._MODEL_CONFIG_PATHS[:] = paths
+
+
+def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None, device: str) -> LoadedModel:
+    """Load a model whose config open_clip knows by ``name``."""
     torch_device = resolve_device(device)
-    if not name.startswith("hf-hub:"):
+    hub = name.startswith("hf-hub:")
+    if not hub:
         _check_model_name(name)
-    checkpoint, fingerprint, tag_options = _resolve_weights(name, pretrained)
-    try:
-        with _skip_random_init(), _map_checkpoints():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name,
-                pretrained=checkpoint,
-                device=torch_device,
-                **tag_options,
-            )
-    except Exception as e:
-        if type(e).__name__ == "UnpicklingError":
-            raise ModelError(_unpickling_reason(str(pretrained))) from e
-        hint = " (is the checkpoint another model's? give its --model or --model-config)" if checkpoint else ""
-        raise ModelError(f"cannot load {name} with weights {pretrained}: {_reason(e)}{hint}") from e
-    model.eval()
-    try:
-        tokenizer = open_clip.get_tokenizer(name)
-    except ImportError as e:
-        raise ModelError(f"the tokenizer of {name} needs the Python package {e.name}: pip install {e.name}") from e
-    except Exception as e:
-        raise ModelError(f"cannot load the tokenizer of {name}: {_first_line(e)}") from e
+    checkpoint, weights, tag_options = _resolve_weights(name, pretrained)
+    offline = hub and _hub_snapshot(name) is not None and _cannot_download(_hub_endpoint()) is not None
+    with _hub_offline(offline):
+        try:
+            with _skip_random_init(), _map_checkpoints():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name,
+                    pretrained=checkpoint,
+                    device=torch_device,
+                    **tag_options,
+                )
+        except Exception as e:
+            if type(e).__name__ == "UnpicklingError":
+                raise ModelError(_unpickling_reason(str(pretrained))) from e
+            hint = " (is the checkpoint another model's? give its --model or --model-config)" if checkpoint else ""
+            raise ModelError(f"cannot load {name} with weights {pretrained}: {_reason(e)}{hint}") from e
+        model.eval()
+        try:
+            tokenizer = open_clip.get_tokenizer(name)
+        except ImportError as e:
+            raise ModelError(f"the tokenizer of {name} needs the Python package {e.name}: pip install {e.name}") from e
+        except Exception as e:
+            raise ModelError(f"cannot load the tokenizer of {name}: {_first_line(e)}") from e
+    if hub:  # the snapshot just loaded: a repository updated on the hub is another model
+        weights = f"{name}@{_hub_snapshot(name)}"
+    # One checkpoint can be loaded into models that compute differently (QuickGELU or GELU, another pooling):
+    # what identifies the model is its weights and what it is built from.
+    built_from = {"model": name, "config": open_clip.get_model_config(name), "options": tag_options}
+    fingerprint = f"{weights}|built:{key_of(built_from)[:16]}"
     return LoadedModel(
         model=model,
         preprocess=preprocess,
@@ -497,7 +532,8 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
     if path.is_file():
         return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
-        _require_network(name, _hub_endpoint())
+        if _hub_snapshot(name) is None:
+            _require_network(name, _hub_endpoint())
         return "", name, {}
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
@@ -557,18 +593,48 @@ def _hub_endpoint() -> str:
 
 def _require_network(what: str, url: str) -> None:
     """Fail at once, with what to do instead, when weights must be downloaded and cannot be."""
-    advice = (
-        "Run once with network access to download and cache them, or pass --pretrained PATH to a local "
-        "checkpoint file (torch.save state dict or safetensors)."
-    )
+    why_not = _cannot_download(url)
+    if why_not:
+        raise ModelError(
+            f"the weights of {what} are not in the local cache and {why_not}. Run once with network access to "
+            "download and cache them, or pass --pretrained PATH to a local checkpoint file (torch.save state dict "
+            "or safetensors)."
+        )
+
+
+def _cannot_download(url: str) -> str | None:
+    """Why nothing can be downloaded from ``url`` now, or None when it may be."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise ModelError(f"the weights of {what} are not in the local cache and HF_HUB_OFFLINE is set. {advice}")
+        return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
-        return  # behind a proxy a direct probe says nothing: let the download itself try
+        return None  # behind a proxy a direct probe says nothing: let the download itself try
     parsed = urllib.parse.urlparse(url)
     host = parsed.hostname or url
     if not _reachable(host, parsed.port or (80 if parsed.scheme == "http" else 443)):
-        raise ModelError(f"the weights of {what} are not in the local cache and {host} cannot be reached. {advice}")
+        return f"{host} cannot be reached"
+    return None
+
+
+def _hub_snapshot(name: str) -> str | None:
+    """The commit of an ``hf-hub:`` model's repository as the Hugging Face cache holds it now, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name.removeprefix("hf-hub:"), "open_clip_config.json")
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Keep huggingface_hub from asking the hub (it would retry for half a minute) while a model loads from its
+    cache: what HF_HUB_OFFLINE=1 does, for this load only."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or saved
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _reachable(host: str, port: int) -> bool:

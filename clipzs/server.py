@@ -314,24 +314,6 @@ class _Watch:
             self._running = False
 
 
-class _Registry:
-    """open_clip's table of model configs, which ``--model-config`` adds to: put back after each command, so
-    that a config one command registered (or its folder's other JSON files) is not known to the next."""
-
-    def __init__(self) -> None:
-        import open_clip.factory as factory
-
-        self.factory = factory
-        self.configs = dict(getattr(factory, "_MODEL_CONFIGS", {}))
-        self.paths = list(getattr(factory, "_MODEL_CONFIG_PATHS", []))
-
-    def restore(self) -> None:
-        if hasattr(self.factory, "_MODEL_CONFIGS"):
-            self.factory._MODEL_CONFIGS = dict(self.configs)
-        if hasattr(self.factory, "_MODEL_CONFIG_PATHS"):
-            self.factory._MODEL_CONFIG_PATHS[:] = self.paths
-
-
 def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None = None) -> None:
     """Listen on ``socket_path()`` and run commands one at a time until stopped (``stop``, SIGTERM, Ctrl-C) or
     idle for ``idle_timeout`` seconds (``math.inf``: never), or its socket is deleted or replaced; ``preload``
@@ -346,7 +328,6 @@ def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None
 
     for module in ("clipzs.api", "open_clip"):  # imported once, before taking any command
         importlib.import_module(module)
-    registry = _Registry()
     log = sys.stderr  # (commands get the client's own streams)
     path = socket_path()
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
@@ -372,19 +353,17 @@ def serve(idle_timeout: float, models: int, preload: Callable[[], object] | None
     try:
         if preload is not None:
             preload()
-            registry.restore()  # a --model-config it registered is for the commands that name it
         idle = "never stops when idle" if idle_timeout == math.inf else f"stops after {idle_timeout:.0f} s idle"
         print(f"clipzs serve: {os.getpid()} ready on {path} ({idle})", file=log, flush=True)
         listener.settimeout(min(POLL_S, idle_timeout))  # (a timeout of days overflows the system's clock)
         idle_until = time.monotonic() + idle_timeout
         while True:
             try:
-                taken = _take(listener, me, registry, log)
+                taken = _take(listener, me, log)
             except KeyboardInterrupt:
                 if not _Watch.pending:
                     raise  # Ctrl-C on the server itself
                 _Watch.pending = False  # a client's interrupt, delivered after its command had ended
-                registry.restore()
                 taken = True
             if taken is False:
                 break
@@ -426,7 +405,7 @@ def _still_mine(path: Path, bound: tuple[int, int] | None) -> bool:
         return True
 
 
-def _take(listener: socket.socket, me: bytes, registry: _Registry, log: TextIO) -> bool | None:
+def _take(listener: socket.socket, me: bytes, log: TextIO) -> bool | None:
     """Take the next connection and run its request; False when the server is to stop, None when no
     connection came within the listener's timeout."""
     try:
@@ -440,8 +419,6 @@ def _take(listener: socket.socket, me: bytes, registry: _Registry, log: TextIO) 
         except Exception as e:  # noqa: BLE001 - a malformed request must not end the server
             print(f"clipzs serve: bad request: {e!r}", file=log, flush=True)
             carry_on = True
-        finally:
-            registry.restore()
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)  # ends the request's watch, which waits for the client
     if not carry_on:

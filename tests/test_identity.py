@@ -1,0 +1,166 @@
+"""What the caches know a model and an image file by: a changed one must never be served the old one's answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import open_clip
+import pytest
+from typer.testing import CliRunner
+
+from clipzs.api import ZeroShotClassifier
+from clipzs.cli import app
+from clipzs.errors import EXIT_OK, ClassifierError
+from clipzs.features import FileKey
+from clipzs.images import Draft
+from clipzs.model import load_model, split_preprocess
+from tests.conftest import ModelFiles, jsonl
+from tests.corpus import photo
+from tests.test_tiny_clip import MIN_ACCURACY, drawn_folder
+from tests.tinyclip.shapes import CLASSES
+
+
+def config_like(base: Path, path: Path, **changes: object) -> Path:
+    """``base``'s model config with some keys changed (nested dicts merged), written to ``path``."""
+    config = json.loads(base.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def test_one_checkpoint_built_two_ways_is_two_models(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    """QuickGELU has no weights of its own: the same file loads into a model that computes otherwise."""
+    gelu = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    quick_config = config_like(rand_clip.config, tmp_path / "quick" / rand_clip.config.name, quick_gelu=True)
+    quick = load_model(None, str(rand_clip.checkpoint), model_config=quick_config, device="cpu")
+    assert gelu.name == quick.name
+    assert gelu.fingerprint.split("|")[0] == quick.fingerprint.split("|")[0]  # the same weights
+    assert gelu.fingerprint != quick.fingerprint
+
+    built = ZeroShotClassifier(gelu).build(["cat", "dog"], "simple", use_cache=False)
+    with pytest.raises(ClassifierError, match="built for"):
+        built.check_model(quick.fingerprint, quick.name)
+
+
+def test_a_corrected_config_is_not_served_the_wrong_ones_cache(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A config fixed in place (same file name, same weights) gets its own classifier and features."""
+    truth = drawn_folder(tmp_path / "shapes", per_class=3, seed=11)
+    config = tmp_path / "configs" / tiny_clip.config.name
+
+    def accuracy() -> float:
+        args = ["--model-config", str(config), "-p", str(tiny_clip.checkpoint)]
+        result = CliRunner().invoke(app, ["classify", str(tmp_path / "shapes"), "-l", ",".join(CLASSES), *args])
+        assert result.exit_code == EXIT_OK, result.output
+        records = jsonl(result.stdout)
+        return sum(r["label"] == truth[Path(str(r["path"]))] for r in records) / len(records)
+
+    config_like(tiny_clip.config, config, vision_cfg={"pool_type": "avg"})  # the wrong pooling: poor answers
+    assert accuracy() < MIN_ACCURACY
+    shutil.copyfile(tiny_clip.config, config)
+    assert accuracy() >= MIN_ACCURACY
+
+
+def test_a_custom_config_does_not_replace_a_built_in_model(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    built_in = open_clip.get_model_config("ViT-B-32")
+    impostor = shutil.copyfile(rand_clip.config, tmp_path / "ViT-B-32.json")
+    loaded = load_model(None, str(rand_clip.checkpoint), model_config=impostor, device="cpu")
+    assert loaded.name == "ViT-B-32"
+    assert open_clip.get_model_config("ViT-B-32") == built_in
+
+
+def test_a_file_replaced_with_its_old_size_and_mtime_is_encoded_again(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    """As ``cp -p`` or ``rsync -a`` replace a file: same size (BMPs of one shape), the old mtime put back."""
+    path = tmp_path / "picture.bmp"
+    photo("chelsea").resize((96, 64)).save(path)
+    before = os.stat(path)
+    zsc = ZeroShotClassifier(load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu"))
+    [(_, old)] = zsc.encode_paths([path])
+    photo("astronaut").resize((96, 64)).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    [(_, cached)] = zsc.encode_paths([path])
+    [(_, fresh)] = zsc.encode_paths([path], use_cache=False)
+    assert (cached - fresh).abs().max() < 1e-6  # type: ignore[operator]
+    assert (cached - old).abs().max() > 1e-3  # type: ignore[operator]
+
+
+def test_a_file_key_changes_with_the_files_version(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"one")
+    first = FileKey.of(path)
+    status = os.stat(path)
+    path.write_bytes(b"two")
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert FileKey.of(path) != first
+    assert FileKey.of(path) == FileKey.of(path)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, Draft(64)),
+        ({"resize_mode": "squash"}, Draft(64, squash=True)),
+        ({"resize_mode": "longest"}, None),  # a resize it cannot map: such JPEGs are decoded whole
+        ({"interpolation": "bilinear"}, None),
+    ],
+)
+def test_the_draft_follows_the_models_resize(
+    rand_clip: ModelFiles, options: dict[str, str], expected: Draft | None
+) -> None:
+    """Preprocessing as open_clip makes it for pretrained tags that set it (SigLIP's squash, say)."""
+    loaded = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    preprocess = open_clip.image_transform(64, is_train=False, **options)
+    assert dataclasses.replace(loaded, preprocess=preprocess, pixels=split_preprocess(preprocess)).draft == expected
+
+
+def test_a_drafted_image_is_the_size_torchvisions_resize_gives() -> None:
+    """The shorter side to the size, the longer one in proportion, rounded down."""
+    assert Draft(224).target(4032, 3024) == (298, 224)
+    assert Draft(224).target(1037, 1904) == (224, 411)
+    assert Draft(224, squash=True).target(4032, 3024) == (224, 224)
+
+
+def publish(hub: Path, config: Path, seed: int, commit: str) -> None:
+    """A snapshot of the repository me/tiny as a download leaves it in the Hugging Face cache, refs/main at it."""
+    import torch
+    from safetensors.torch import save_file
+
+    repo = hub / "models--me--tiny"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    model_cfg = json.loads(config.read_text(encoding="utf-8"))
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    weights = open_clip.create_model(config.stem).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(snapshot / "open_clip_model.safetensors"))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_model_loads_offline_from_its_cache_and_is_known_by_its_snapshot(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE is set (conftest): a cached hf-hub: model loads. A newer snapshot of the repository is
+    another model, whose images are not served the older one's cached features."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    publish(tmp_path / "hub", rand_clip.config, seed=0, commit="a" * 40)
+    older = ZeroShotClassifier.from_pretrained("hf-hub:me/tiny", "", device="cpu")
+    assert older.model.fingerprint.startswith(f"hf-hub:me/tiny@{'a' * 40}|")
+    [(_, old)] = older.encode_paths(photos[:1])
+
+    publish(tmp_path / "hub", rand_clip.config, seed=1, commit="b" * 40)
+    newer = ZeroShotClassifier.from_pretrained("hf-hub:me/tiny", "", device="cpu")
+    assert newer.model.fingerprint.startswith(f"hf-hub:me/tiny@{'b' * 40}|")
+    [(_, cached)] = newer.encode_paths(photos[:1])
+    [(_, fresh)] = newer.encode_paths(photos[:1], use_cache=False)
+    assert (cached - fresh).abs().max() < 1e-6  # type: ignore[operator]
+    assert (cached - old).abs().max() > 1e-3  # type: ignore[operator]
