@@ -199,6 +199,7 @@ def classify(
             same_name = [(path, "one of the images to classify") for path in paths if path.name == output.name]
             _refuse_overwriting(output, *sources, *same_name)
         appending = False
+        done: dict[str, str | None] = {}
         if resume:
             if output is None:
                 raise UsageError("--resume needs --output FILE: the results of the run to carry on")
@@ -221,6 +222,7 @@ def classify(
             classifier, labels, labels_file, templates, model, pretrained, model_config, device, here, no_cache
         )
         _warn_one_label(console, zsc)
+        _check_same_labels(done, zsc, output)
         skipped = 0
         ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
         if appending and chosen == "csv" and output is not None:
@@ -885,6 +887,18 @@ def _errors() -> Iterator[Console]:
     except OSError as e:  # a file or folder the command was given or had to write: name it, with the system's reason
         console.print(f"clipzs: error: {_os_reason(e)}")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _check_same_labels(done: dict[str, str | None], zsc: ZeroShotClassifier, output: Path | None) -> None:
+    """Refuse to resume an output whose images were labelled otherwise: one file would mix two classifications."""
+    names = set(zsc.classifier.names) if zsc.classifier else set()
+    other = sorted({label for label in done.values() if label is not None} - names)
+    if other:
+        shown = ", ".join(map(repr, other[:5])) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise UsageError(
+            f"{output} holds images labelled {shown}, which this run cannot give: resume it with the labels or "
+            "classifier it was made with, or write another file"
+        )
 
 
 def _os_reason(error: OSError) -> str:

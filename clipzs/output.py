@@ -57,8 +57,9 @@ def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> W
     return TableWriter(stream)
 
 
-def written_paths(path: Path, fmt: str) -> set[str]:
-    """The paths an earlier run wrote to this JSON Lines, CSV or Parquet output, for --resume.
+def written_paths(path: Path, fmt: str) -> dict[str, str | None]:
+    """The paths an earlier run wrote to this JSON Lines, CSV or Parquet output, for --resume, with the label
+    each got (None for an image it could not read).
 
     Only clipzs's own output is resumed: any other file is refused and left as it is. A run killed mid-write
     may leave its last line cut short: once the file is known to be clipzs's, that line is cut off, so that
@@ -84,26 +85,26 @@ def written_paths(path: Path, fmt: str) -> set[str]:
     return done
 
 
-def jsonl_paths(whole: bytes, torn: bytes) -> set[str]:
+def jsonl_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
     """The paths in clipzs JSON Lines: the ``whole`` lines, then ``torn``, the start of one that a killed run
     cut short. ValueError when they are not that."""
     records = [json.loads(line.decode("utf-8")) for line in whole.splitlines()]
     if not all(map(_is_record, records)) or not _starts_as(torn, JSONL_START):
         raise ValueError("not clipzs JSON Lines")
-    return {record["path"] for record in records}
+    return {record["path"]: record.get("label") for record in records}
 
 
-def csv_paths(whole: bytes, torn: bytes) -> set[str]:
+def csv_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
     """The paths in a clipzs CSV: the ``whole`` lines, then ``torn``, the start of one that a killed run cut
     short. ValueError when they are not that: the first line must be clipzs's header."""
     rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))
     if not rows:  # not even the header is whole
         if not _starts_as(torn, ",".join(CSV_COLUMNS).encode()):
             raise ValueError("not a clipzs CSV")
-        return set()
+        return {}
     if rows[0] != csv_header((len(rows[0]) - len(CSV_COLUMNS)) // 2):
         raise ValueError("not a clipzs CSV header")
-    return {unescape_surrogates(row[0]) for row in rows[1:] if row}
+    return {unescape_surrogates(row[0]): unescape_surrogates(row[1]) or None for row in rows[1:] if row}
 
 
 def csv_ranks(path: Path) -> int:
@@ -200,21 +201,24 @@ class ParquetWriter:
         self.records = []
 
     @staticmethod
-    def written_paths(folder: Path) -> set[str]:
-        """The paths in the parts already in ``folder``; a part that is not a readable clipzs part is refused."""
+    def written_paths(folder: Path) -> dict[str, str | None]:
+        """The paths in the parts already in ``folder``, with their labels; a part that is not a readable clipzs
+        part is refused."""
         check_parquet_folder(folder)
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        done: set[str] = set()
+        done: dict[str, str | None] = {}
         for part in sorted(folder.glob("part-*.parquet")):
             try:
-                column = pq.read_table(part, columns=["path"]).column("path")
-                if column.type != pa.string() or column.null_count:
+                table = pq.read_table(part, columns=["path", "label"])
+                paths, labels = table.column("path"), table.column("label")
+                if paths.type != pa.string() or paths.null_count or labels.type != pa.string():
                     raise ValueError("not a clipzs part")
-            except (ValueError, OSError, pa.ArrowException):
+            except (ValueError, KeyError, OSError, pa.ArrowException):
                 raise UsageError(f"{part} is not a readable clipzs Parquet part: cannot resume {folder}") from None
-            done.update(map(unescape_surrogates, column.to_pylist()))
+            for path, label in zip(paths.to_pylist(), labels.to_pylist(), strict=True):
+                done[unescape_surrogates(path)] = None if label is None else unescape_surrogates(label)
         return done
 
 

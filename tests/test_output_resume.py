@@ -214,3 +214,26 @@ def test_parquet_goes_into_a_new_folder_with_the_folders_above_it(
     code, _, stderr = classify(folder, out, tiny_clip)
     assert code == EXIT_OK, stderr
     assert sorted(ParquetWriter.written_paths(out)) == sorted(str(p) for p in folder.iterdir())
+
+
+def snapshot(out: Path) -> list[tuple[str, bytes]]:
+    """An output file's bytes, or those of each file in a Parquet folder."""
+    files = sorted(out.rglob("*")) if out.is_dir() else [out]
+    return [(str(f), f.read_bytes()) for f in files if f.is_file()]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_resume_refuses_to_mix_in_other_labels(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str
+) -> None:
+    """A run resumed with other labels would leave one file holding two classifications."""
+    out = tmp_path / f"results{suffix}"
+    first = sorted(folder.iterdir())[:2]
+    assert run("classify", *map(str, first), "-l", "cat,dog", "-o", str(out), *tiny_clip.args)[0] == EXIT_OK
+    before = snapshot(out)
+    code, _, stderr = run("classify", str(folder), "-l", "car,boat", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_USAGE
+    assert "labelled" in stderr and "cannot give" in stderr
+    assert snapshot(out) == before
+    code, _, _ = run("classify", str(folder), "-l", "dog,cat", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_OK  # labels it can give: carried on
