@@ -225,7 +225,11 @@ def encode_dataset(
             features.append(x)
             kept.append(target)
     if not features:
-        raise UsageError("no image of the dataset could be read")
+        shown = "; ".join(f"{path}: {why}" for path, why in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        missing = all(why == "no such file" for _, why in skipped)
+        hint = " (the paths of a CSV or JSON Lines dataset are read from its own folder)" if missing else ""
+        raise UsageError(f"none of the dataset's {len(skipped)} images could be read: {shown}{more}{hint}")
     return torch.stack(features), kept, skipped
 
 
@@ -267,14 +271,18 @@ def evaluate_model(
 def evaluate_classifier(
     zsc: ZeroShotClassifier, dataset: Dataset, name: str, *, use_cache: bool = True
 ) -> tuple[Run, list[tuple[Path, str]]]:
-    """Measure a loaded classifier (zero-shot, probe or blend) whose labels name the dataset's classes."""
+    """Measure a loaded classifier (zero-shot, probe or blend) whose labels name the dataset's classes: a class
+    ``golden_retriever`` is the label of that name, or else of ``golden retriever``, as eval prompts it."""
     assert zsc.classifier is not None
     names = zsc.classifier.names
-    missing = [c for c in dataset.classes if c not in names]
+    columns = {c: names.index(n) for c in dataset.classes for n in (c.replace("_", " "), c) if n in names}
+    missing = [c for c in dataset.classes if c not in columns]
     if missing:
-        raise UsageError(f"classifier {name} has no label for the classes {', '.join(missing)}")
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        known = ", ".join(map(repr, names[:10])) + (" ..." if len(names) > 10 else "")
+        raise UsageError(f"classifier {name} has no label for the classes {shown}; its labels are {known}")
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
-    scores = zsc.logits(features).numpy()[:, [names.index(c) for c in dataset.classes]]
+    scores = zsc.logits(features).numpy()[:, [columns[c] for c in dataset.classes]]
     kind = str(zsc.classifier.meta.get("kind", "zero-shot"))
     run = Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(scores, targets))
     return run, skipped

@@ -153,6 +153,18 @@ def test_eval_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     assert code == EXIT_USAGE and "matplotlib writes" in stderr and ".png" in stderr  # before any image is encoded
 
 
+def test_a_dataset_of_which_nothing_can_be_read_names_its_images(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """Paths of a CSV are read from its own folder: written from elsewhere, none is found; say which and why."""
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=2, seed=6)
+    rows = [f"data/{p.parent.name}/{p.name},{p.parent.name}" for p in sorted((tmp_path / "data").rglob("*.png"))]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pets.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    code, _, stderr = run_eval(str(tmp_path / "sub" / "pets.csv"), *tiny_clip.args)
+    assert code == EXIT_USAGE
+    assert "none of the dataset's 4 images could be read" in stderr
+    assert str(tmp_path / "sub" / "data") in stderr and "no such file" in stderr and "its own folder" in stderr
+
+
 def test_a_labels_file_line_that_names_no_class_is_warned_of(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
     folder = CLASSES[0].replace(" ", "_")
@@ -160,3 +172,21 @@ def test_a_labels_file_line_that_names_no_class_is_warned_of(tiny_clip: ModelFil
     code, _, stderr = run_eval(str(tmp_path / "data"), "--labels-file", str(tmp_path / "map.txt"), *tiny_clip.args)
     assert code == EXIT_OK and "clipzs: warning: 1 labels of the labels file name no class" in stderr
     assert "'Red_Circl'" in stderr
+
+
+def test_a_classifier_of_spaced_labels_evaluates_folders_of_underscores(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """eval prompts the folder red_circle as 'red circle': a classifier built with -l 'red circle,...' fits it."""
+    classes = CLASSES[:4]
+    shapes_tree(tmp_path / "data", classes, per_class=3, seed=8)
+    clf = tmp_path / "shapes.clf"
+    built = CliRunner().invoke(app, ["build-classifier", "-l", ",".join(classes), "-o", str(clf), *tiny_clip.args])
+    assert built.exit_code == EXIT_OK, built.output
+    code, stdout, _ = run_eval(str(tmp_path / "data"), "-c", str(clf), "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK
+    assert json.loads(stdout)["runs"][0]["top1"] >= MIN_ACCURACY
+
+    (tmp_path / "data" / "purple_star").mkdir()
+    draw(classes[0], np.random.default_rng(0)).save(tmp_path / "data" / "purple_star" / "0.png")
+    code, _, stderr = run_eval(str(tmp_path / "data"), "-c", str(clf), *tiny_clip.args)
+    assert code == EXIT_USAGE
+    assert "no label for the classes purple_star; its labels are" in stderr and repr(classes[0]) in stderr
