@@ -405,6 +405,7 @@ def evaluate(
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
     from clipzs.api import ZeroShotClassifier
     from clipzs.evaluate import (
+        best_run,
         check_plot_path,
         class_labels,
         evaluate_classifier,
@@ -457,7 +458,7 @@ def evaluate(
         if plot is not None and shot_counts:
             plot_few_shot(runs, plot)
         elif plot is not None:
-            plot_confusion(max(runs, key=lambda run: run.metrics.top1), dataset.classes, plot)
+            plot_confusion(best_run(runs), dataset.classes, plot)
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
 

@@ -330,6 +330,13 @@ def plot_few_shot(runs: Sequence[Run], path: Path) -> None:
     plt.close(figure)
 
 
+def best_run(runs: Sequence[Run]) -> Run:
+    """The run of the best top-1 among those tested on every image: a few-shot probe is tested on the images it
+    was not trained on, fewer, and so not comparable."""
+    most = max(run.images for run in runs)
+    return max((run for run in runs if run.images == most), key=lambda run: run.metrics.top1)
+
+
 def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
     """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency)."""
     plt = _pyplot()

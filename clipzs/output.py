@@ -342,6 +342,8 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
         return
     from rich.table import Table
 
+    from clipzs.evaluate import best_run
+
     wide = None if stream.isatty() else 1_000  # in a file or a pipe, nothing is cut to fit 80 columns
     console = results_console(stream, width=wide)
     summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
@@ -357,7 +359,7 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
             f"{m.mean_per_class_recall:.1%}",
         )
     console.print(summary)
-    best = max(runs, key=lambda run: run.metrics.top1)
+    best = best_run(runs)
     # Titles as lines of their own: a table's title wraps at the (narrow) table's width.
     console.print(f"\nrecall per class, best run: {best.model} ({best.pretrained}), {best.templates}", soft_wrap=True)
     per_class = Table("class", "recall", "images", box=None)
@@ -370,6 +372,12 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
         for name, row in zip(classes, best.metrics.confusion, strict=True):
             confusion.add_row(name, *(str(count) for count in row))
         console.print(confusion)
+    else:
+        console.print(
+            f"\nconfusion matrix: {len(classes)} classes are too many for a table; --format json or --plot FILE "
+            "give it",
+            soft_wrap=True,
+        )
 
 
 def _fixed(score: float | None) -> str:

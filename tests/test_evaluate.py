@@ -190,3 +190,22 @@ def test_a_classifier_of_spaced_labels_evaluates_folders_of_underscores(tiny_cli
     code, _, stderr = run_eval(str(tmp_path / "data"), "-c", str(clf), *tiny_clip.args)
     assert code == EXIT_USAGE
     assert "no label for the classes purple_star; its labels are" in stderr and repr(classes[0]) in stderr
+
+
+def test_the_best_run_is_chosen_among_runs_on_every_image_and_many_classes_point_to_json() -> None:
+    import io
+
+    from clipzs.evaluate import Run, best_run
+    from clipzs.output import render_eval
+
+    classes = [f"class{i}" for i in range(16)]
+    truth = np.arange(32) % 16
+    right, half = np.eye(16)[truth], np.eye(16)[np.where(np.arange(32) < 16, truth, (truth + 1) % 16)]
+    zero_shot = Run("m", "p", "simple", 32, metrics(half, truth))
+    probe = Run("m", "p", "8-shot probe", 16, metrics(right[:16], truth[:16]))  # tested on the other 16 only
+    assert probe.metrics.top1 > zero_shot.metrics.top1
+    assert best_run([zero_shot, probe]) is zero_shot
+    table = io.StringIO()
+    render_eval([zero_shot, probe], classes, table, "table")
+    assert "best run: m (p), simple" in table.getvalue()
+    assert "16 classes are too many for a table; --format json or --plot FILE give it" in table.getvalue()
