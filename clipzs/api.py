@@ -81,6 +81,13 @@ class ZeroShotClassifier:
         """Load a classifier file and the model it was built for (or the one given, which must match)."""
         classifier = Classifier.load(Path(path))
         meta = classifier.meta
+        other_tag = pretrained and not Path(pretrained).expanduser().is_file() and pretrained != meta.get("pretrained")
+        if (model and model != meta.get("model")) or other_tag:  # said now, before weights load or download
+            raise ClassifierError(
+                f"{path} was built for model {meta.get('model')} with weights {meta.get('pretrained')}, not for "
+                f"{model or meta.get('model')} with weights {pretrained or meta.get('pretrained')}; rebuild it, or "
+                "run without --model/--pretrained to use its own"
+            )
         try:
             loaded = load_model(
                 model or (None if model_config else meta.get("model")),

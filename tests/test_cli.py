@@ -99,6 +99,22 @@ def test_classifier_for_another_model_is_refused(
     assert code == EXIT_USAGE and stdout == "" and "was built for model rand-clip" in stderr
 
 
+def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With network, a tag's weights would be downloaded (hundreds of MB) only to be refused."""
+    clf = tmp_path / "pets.clf"
+    assert run("build-classifier", "--labels", "cat,dog", "-o", str(clf), *rand_clip.args)[0] == EXIT_OK
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights loaded")
+
+    monkeypatch.setattr("clipzs.api.load_model", no_loading)
+    for other in (["-m", "ViT-B-32", "-p", "openai"], ["-p", "openai"], ["-m", "ViT-B-32"]):
+        code, _, stderr = run("classify", str(photos[0]), "--classifier", str(clf), *other)
+        assert code == EXIT_USAGE and "was built for model rand-clip" in stderr, other
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
