@@ -72,10 +72,10 @@ class FeatureCache:
         try:
             return cls(database, encoder)
         except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) or not database.is_file():
+            if isinstance(e, sqlite3.OperationalError) or (database.exists() and not database.is_file()):
                 _warn(f"cannot open the feature cache {database} ({e}): images are encoded without it")
                 return None
-            damage = e
+            damage = e  # (a file another process is replacing meanwhile may be gone for a moment: it waits below)
         try:
             with _exclusive(Path(f"{database}.lock")):
                 try:

@@ -220,3 +220,32 @@ def test_processes_opening_the_cache_at_once_lose_no_rows(tmp_path: Path, damage
         keys = [FileKey(f"/photo{i}.jpg", 1, 1) for i in range(6)]
         assert {int(v[0]) for v in cache.get_many(keys).values()} == set(range(6))
         cache.close()
+
+
+def test_a_cache_file_another_process_is_replacing_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found damaged, then gone for a moment while another process replaces it: not a reason to run uncached."""
+    import sqlite3
+    import warnings
+
+    database = tmp_path / "features.sqlite3"
+    database.write_bytes(b"not a database" * 100)
+    original = FeatureCache.__init__
+    calls = []
+
+    def racing(self: FeatureCache, path: Path, encoder: str) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            path.unlink()  # the other process, which took the lock first, deletes it to make it anew
+            raise sqlite3.DatabaseError("file is not a database")
+        original(self, path, encoder)
+
+    monkeypatch.setattr(FeatureCache, "__init__", racing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = FeatureCache.open(database, "encoder")
+    assert cache is not None
+    cache.put_many([(FileKey("/photo.jpg", 1, 1), np.ones(4, dtype=np.float32))])
+    assert len(cache.get_many([FileKey("/photo.jpg", 1, 1)])) == 1
+    cache.close()
