@@ -1,7 +1,7 @@
 """clipzs against open_clip's own pipeline, side by side in one run, on the same model, weights and files.
 
     python benchmarks/bench.py                 # CPU, the full run (about 15 minutes on 2 cores)
-    python benchmarks/bench.py --quick         # fewer images and repeats, for a first look
+    python benchmarks/bench.py --quick         # fewer images and repeats, for a first look (printed only)
     python benchmarks/bench.py --device cuda --models ViT-B-32,ViT-L-14 --small 4000 --phone 400
 
 The corpus is made from real photos shipped in packages (scikit-image, scikit-learn), re-encoded as JPEGs at
@@ -702,7 +702,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--parts", default="text,images,reclassify,precision,memory", help="what to measure")
     parser.add_argument("--section", default=None, help="RESULTS.md section name [default: the device]")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the results file [default: RESULTS.md, except with --quick: none]"
+    )
     args = parser.parse_args()
     if args.quick:
         args.small, args.phone, args.classes, args.repeats = 64, 8, 10, 1
@@ -754,8 +756,11 @@ def main() -> None:
             f"({megabytes:.1f} MB each); batch size {args.batch_size}; medians of {args.repeats}.\n\n"
             f"| measurement | value | ratio |\n| --- | --- | --- |\n{table}"
         )
-        write_results(args.out, args.section or args.device, text)
-        print(f"wrote {args.out}")
+        print(f"\n{text}\n")
+        out = args.out or (None if args.quick else ROOT / "benchmarks" / "RESULTS.md")
+        if out is not None:  # a quick look's rough figures do not replace a full run's
+            write_results(out, args.section or args.device, text)
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":
