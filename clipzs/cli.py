@@ -729,6 +729,7 @@ def _detach(console: Console, idle: float, models: int, options: list[str]) -> N
     log_path = cache_dir() / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        start = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "clipzs", "serve", "--idle", str(idle), "--models", str(models), *options],
             stdin=subprocess.DEVNULL,
@@ -740,7 +741,10 @@ def _detach(console: Console, idle: float, models: int, options: list[str]) -> N
     while process.poll() is None and not server.ready(2):
         pass  # (loading a model first takes a while)
     if process.poll() is not None:
-        raise UsageError(f"the server did not start; see {log_path}")
+        said = log_path.read_bytes()[start:].decode("utf-8", "replace").splitlines()
+        errors = [line.removeprefix("clipzs: error: ") for line in said if line.startswith("clipzs: error: ")]
+        why = errors[-1] if errors else f"it exited with status {process.returncode}"
+        raise UsageError(f"the server did not start: {why} (log: {log_path})")
     console.print(f"clipzs: server {process.pid} ready on {server.socket_path()}; log: {log_path}")
 
 

@@ -253,6 +253,13 @@ def test_a_preloaded_model_serves_the_first_command(tiny_clip: ModelFiles, folde
         assert server.stop() == "stopped"
 
 
+def test_a_server_that_cannot_start_says_why(folder: Path) -> None:
+    """Not only in its log: the model it was to load is unknown (or its weights are not cached, say)."""
+    started = clipzs("serve", "--detach", "-m", "ViT-B-99", cwd=folder)
+    assert started.returncode == 2
+    assert started.stderr.startswith(b"clipzs: error: the server did not start: unknown model 'ViT-B-99'")
+
+
 def exits_within(process: subprocess.Popen[bytes], seconds: float) -> int | None:
     """The exit status of ``process`` once it exits, or None when it still runs after ``seconds``."""
     deadline = time.monotonic() + seconds
