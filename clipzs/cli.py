@@ -662,13 +662,12 @@ def models(
 ) -> None:
     """List open_clip models and their pretrained tags (model<TAB>tag)."""
     with _errors():
-        from clipzs.model import import_open_clip
+        from clipzs.model import check_model_name, import_open_clip
 
         open_clip = import_open_clip()
         pairs = open_clip.list_pretrained()
         if name is not None:
-            if name not in open_clip.list_models():
-                raise UsageError(f"unknown model {name!r}")
+            check_model_name(name)
             pairs = [(m, t) for m, t in pairs if m == name]
         for model_name, tag in pairs:
             default = "\t(default)" if (model_name, tag) == (DEFAULT_MODEL, DEFAULT_PRETRAINED) else ""

@@ -384,7 +384,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
     torch_device = resolve_device(device)
     hub = name.startswith("hf-hub:")
     if not hub:
-        _check_model_name(name)
+        check_model_name(name)
     checkpoint, weights, tag_options = _resolve_weights(name, pretrained)
     offline = hub and _hub_snapshot(name) is not None and _cannot_download(_hub_endpoint()) is not None
     with _hub_offline(offline):
@@ -512,12 +512,15 @@ def _check_model_config(path: Path) -> None:
         raise UsageError(f"model config {path} is not an open_clip model config: it lacks {', '.join(missing)}")
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """UsageError for a name open_clip does not know, suggesting the names it may be a slip for: the same in
+    another case first (vit-b-32), then the closest."""
     import open_clip
 
     known = open_clip.list_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
+        same = [k for k in known if k.lower() == name.lower()]
+        close = [*same, *(c for c in difflib.get_close_matches(name, known, n=3) if c not in same)][:3]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(f"unknown model {name!r}{hint}; `clipzs models` lists them")
 

@@ -122,6 +122,7 @@ def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
         ([], "exactly one of --labels"),
         (["--labels", "cat,dog", "--templates", "nope"], "unknown template set"),
         (["--labels", "cat,dog", "--model", "ViT-B-31"], "did you mean"),
+        (["--labels", "cat,dog", "--model", "vit-b-32"], "did you mean ViT-B-32,"),
         (["--labels", "cat,dog", "--model", "ViT-B-32", "--pretrained", "missing/weights.pt"], "does not exist"),
         (["--labels", "cat,dog", "--model", "ViT-B-32", "--pretrained", "laion9000"], "known tags"),
         (["--labels", "cat,dog", "--format", "xml"], "unknown format"),
@@ -135,6 +136,11 @@ def test_usage_errors_are_one_clear_line(photos: list[Path], args: list[str], me
     code, stdout, stderr = run("classify", str(photos[0]), *args)
     assert code == EXIT_USAGE and stdout == ""
     assert message in stderr and stderr.startswith("clipzs: error: ") and stderr.count("\n") == 1
+
+
+def test_models_of_an_unknown_name_suggest_names() -> None:
+    code, stdout, stderr = run("models", "vit-b-32")
+    assert code == EXIT_USAGE and stdout == "" and "(did you mean ViT-B-32," in stderr
 
 
 def test_no_images_found(tmp_path: Path) -> None:
