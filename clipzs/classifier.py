@@ -91,12 +91,24 @@ class Classifier:
     def check_model(
         self, fingerprint: str, name: str, source: str = "this classifier", width: int | None = None
     ) -> None:
-        """Refuse to score with weights made for other model weights, or (given the model's feature ``width``)
-        with a matrix whose rows do not match the model's features."""
-        if self.meta.get("fingerprint") != fingerprint:
+        """Refuse to score with weights made for another model (``LoadedModel.fingerprint``), or (given the
+        model's feature ``width``) with a matrix whose rows do not match the model's features.
+
+        A file made before fingerprints named what a model is built from holds the weights' part alone, and is
+        taken for those weights, as it was then."""
+        stored = self.meta.get("fingerprint")
+        weights = fingerprint.split("|built:")[0]
+        older = isinstance(stored, str) and "|built:" not in stored  # (an hf-hub: model's was its name)
+        if stored != fingerprint and not (older and weights.split("@")[0] == stored):
+            built = f"model {self.meta.get('model')} with weights {self.meta.get('pretrained') or 'of the hub'}"
+            if isinstance(stored, str) and stored.split("|built:")[0] == weights:
+                raise ClassifierError(
+                    f"{source} was built for {built}, the same weights in a model built otherwise (another config "
+                    f"or options): rebuild it with the model as it is loaded now, or load the one it names"
+                )
             raise ClassifierError(
-                f"{source} was built for model {self.meta.get('model')} with weights {self.meta.get('pretrained')}, "
-                f"not for {name} as loaded now; rebuild it, or run without --model/--pretrained to use its own"
+                f"{source} was built for {built}, not for {name} as loaded now: rebuild it for this model, or load "
+                "the one it names (without --model/--pretrained)"
             )
         if width is not None and self.weights.shape[0] != width:
             raise ClassifierError(

@@ -386,7 +386,8 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
     if not hub:
         check_model_name(name)
     checkpoint, weights, tag_options = _resolve_weights(name, pretrained)
-    offline = hub and _hub_snapshot(name) is not None and _cannot_download(_hub_endpoint()) is not None
+    cached_hub = hub and _hub_cached(name, "open_clip_config.json") is not None
+    offline = cached_hub and _cannot_download(_hub_endpoint()) is not None
     with _hub_offline(offline):
         try:
             with _skip_random_init(), _map_checkpoints():
@@ -408,8 +409,8 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
             raise ModelError(f"the tokenizer of {name} needs the Python package {e.name}: pip install {e.name}") from e
         except Exception as e:
             raise ModelError(f"cannot load the tokenizer of {name}: {_first_line(e)}") from e
-    if hub:  # the snapshot just loaded: a repository updated on the hub is another model
-        weights = f"{name}@{_hub_snapshot(name)}"
+    if hub:  # the files just loaded: a repository whose weights changed on the hub is another model
+        weights = f"{name}@{_hub_content(name)}"
     # One checkpoint can be loaded into models that compute differently (QuickGELU or GELU, another pooling):
     # what identifies the model is its weights and what it is built from.
     built_from = {"model": name, "config": open_clip.get_model_config(name), "options": tag_options}
@@ -535,7 +536,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
     if path.is_file():
         return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
-        if _hub_snapshot(name) is None:
+        if _hub_cached(name, "open_clip_config.json") is None:
             _require_network(name, _hub_endpoint())
         return "", name, {}
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
@@ -618,12 +619,30 @@ def _cannot_download(url: str) -> str | None:
     return None
 
 
-def _hub_snapshot(name: str) -> str | None:
-    """The commit of an ``hf-hub:`` model's repository as the Hugging Face cache holds it now, or None."""
+def _hub_cached(name: str, filename: str) -> Path | None:
+    """A file of an ``hf-hub:`` model's repository as the Hugging Face cache holds it now, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(name.removeprefix("hf-hub:"), "open_clip_config.json")
-    return Path(found).parent.name if isinstance(found, str) else None
+    try:
+        found = try_to_load_from_cache(name.removeprefix("hf-hub:"), filename)
+    except ValueError as e:  # huggingface_hub's HFValidationError: not a repository id
+        raise UsageError(f"{name!r} does not name a Hugging Face repository (hf-hub:ORG/NAME): {e}") from e
+    return Path(found) if isinstance(found, str) else None
+
+
+def _hub_content(name: str) -> str:
+    """What an ``hf-hub:`` model's cached config and weights hold: a commit that changes neither (a README
+    edited) is the same model. The cache names its files' contents (blobs/<hash>); where it copies them
+    instead of linking (no symlinks), their SHA-256."""
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    parts = []
+    for filename in (HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+        path = _hub_cached(name, filename)
+        if path is not None:
+            blob = Path(os.path.realpath(path))
+            parts.append(blob.name if blob.parent.name == "blobs" else file_sha256(blob))
+    return key_of({"files": parts})[:16]
 
 
 @contextlib.contextmanager

@@ -127,40 +127,79 @@ def test_a_drafted_image_is_the_size_torchvisions_resize_gives() -> None:
 
 
 def publish(hub: Path, config: Path, seed: int, commit: str) -> None:
-    """A snapshot of the repository me/tiny as a download leaves it in the Hugging Face cache, refs/main at it."""
+    """A snapshot of the repository me/tiny as a download leaves it in the Hugging Face cache: each file in
+    blobs/ under the hash of its content, linked from snapshots/<commit>/, and refs/main naming the commit."""
+    import hashlib
+
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     repo = hub / "models--me--tiny"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / commit).mkdir(parents=True)
     model_cfg = json.loads(config.read_text(encoding="utf-8"))
-    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
     weights = open_clip.create_model(config.stem).state_dict()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(snapshot / "open_clip_model.safetensors"))
+    files = {
+        "open_clip_config.json": json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}).encode(),
+        "open_clip_model.safetensors": save_bytes({k: v.contiguous() for k, v in weights.items()}),
+    }
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (repo / "snapshots" / commit / name).symlink_to(os.path.relpath(blob, repo / "snapshots" / commit))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_a_hub_model_loads_offline_from_its_cache_and_is_known_by_its_snapshot(
+def test_a_hub_model_loads_offline_from_its_cache_and_is_known_by_its_files(
     rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """HF_HUB_OFFLINE is set (conftest): a cached hf-hub: model loads. A newer snapshot of the repository is
-    another model, whose images are not served the older one's cached features."""
+    """HF_HUB_OFFLINE is set (conftest): a cached hf-hub: model loads. A commit that leaves its files as they
+    were is the same model; one that changes its weights is another, not served the older one's features."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     publish(tmp_path / "hub", rand_clip.config, seed=0, commit="a" * 40)
     older = ZeroShotClassifier.from_pretrained("hf-hub:me/tiny", "", device="cpu")
-    assert older.model.fingerprint.startswith(f"hf-hub:me/tiny@{'a' * 40}|")
+    assert older.model.fingerprint.startswith("hf-hub:me/tiny@")
     [(_, old)] = older.encode_paths(photos[:1])
+    built = older.build(["cat", "dog"], "simple", use_cache=False)
 
-    publish(tmp_path / "hub", rand_clip.config, seed=1, commit="b" * 40)
+    publish(tmp_path / "hub", rand_clip.config, seed=0, commit="b" * 40)  # (a README edited, say)
+    same = ZeroShotClassifier.from_pretrained("hf-hub:me/tiny", "", device="cpu")
+    assert same.model.fingerprint == older.model.fingerprint
+    built.check_model(same.model.fingerprint, same.model.name)
+
+    publish(tmp_path / "hub", rand_clip.config, seed=1, commit="c" * 40)
     newer = ZeroShotClassifier.from_pretrained("hf-hub:me/tiny", "", device="cpu")
-    assert newer.model.fingerprint.startswith(f"hf-hub:me/tiny@{'b' * 40}|")
+    assert newer.model.fingerprint != older.model.fingerprint
     [(_, cached)] = newer.encode_paths(photos[:1])
     [(_, fresh)] = newer.encode_paths(photos[:1], use_cache=False)
     assert (cached - fresh).abs().max() < 1e-6  # type: ignore[operator]
     assert (cached - old).abs().max() > 1e-3  # type: ignore[operator]
+    with pytest.raises(ClassifierError, match="built for model hf-hub:me/tiny"):
+        built.check_model(newer.model.fingerprint, newer.model.name)
+
+
+def test_a_hub_name_that_is_no_repository_is_one_line(photos: list[Path]) -> None:
+    result = CliRunner().invoke(app, ["classify", str(photos[0]), "-l", "a,b", "-m", "hf-hub:me/my model"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "does not name a Hugging Face repository" in result.stderr
+
+
+def test_a_classifier_file_of_an_older_clipzs_is_taken_for_its_weights(rand_clip: ModelFiles, tmp_path: Path) -> None:
+    """Files made before fingerprints named what a model is built from hold the weights' part alone."""
+    from clipzs.classifier import Classifier
+
+    gelu = load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu")
+    built = ZeroShotClassifier(gelu).build(["cat", "dog"], "simple", use_cache=False)
+    older = Classifier(built.weights, built.labels, {**built.meta, "fingerprint": gelu.fingerprint.split("|")[0]})
+    older.save(tmp_path / "older.clf")
+    Classifier.load(tmp_path / "older.clf").check_model(gelu.fingerprint, gelu.name)
+
+    quick_config = config_like(rand_clip.config, tmp_path / "quick" / rand_clip.config.name, quick_gelu=True)
+    quick = load_model(None, str(rand_clip.checkpoint), model_config=quick_config, device="cpu")
+    with pytest.raises(ClassifierError, match="the same weights in a model built otherwise"):
+        built.check_model(quick.fingerprint, quick.name)
