@@ -56,7 +56,9 @@ class FileKey:
             resolved.encode("utf-8")
         except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
             return None
-        return cls(resolved, status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
+        # SQLite holds signed 64-bit integers; some file systems number files beyond (NFS, SMB, FUSE, ReFS).
+        inode = status.st_ino % (1 << 63)
+        return cls(resolved, status.st_size, status.st_mtime_ns, inode, status.st_ctime_ns % (1 << 63))
 
 
 class FeatureCache:
