@@ -104,7 +104,9 @@ def csv_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
         return {}
     if rows[0] != csv_header((len(rows[0]) - len(CSV_COLUMNS)) // 2):
         raise ValueError("not a clipzs CSV header")
-    return {unescape_surrogates(row[0]): unescape_surrogates(row[1]) or None for row in rows[1:] if row}
+    if any(len(row) != len(rows[0]) for row in rows[1:]):  # (cut inside a quoted name, say: not to append to)
+        raise ValueError("a row of another length than the header")
+    return {unescape_surrogates(row[0]): unescape_surrogates(row[1]) or None for row in rows[1:]}
 
 
 def csv_ranks(path: Path) -> int:
