@@ -81,7 +81,9 @@ class ZeroShotClassifier:
         """Load a classifier file and the model it was built for (or the one given, which must match)."""
         classifier = Classifier.load(Path(path))
         meta = classifier.meta
-        other_tag = pretrained and not Path(pretrained).expanduser().is_file() and pretrained != meta.get("pretrained")
+        other_tag = (
+            pretrained and pretrained != meta.get("pretrained") and _is_tag(model or meta.get("model"), pretrained)
+        )
         if (model and model != meta.get("model")) or other_tag:  # said now, before weights load or download
             raise ClassifierError(
                 f"{path} was built for model {meta.get('model')} with weights {meta.get('pretrained')}, not for "
@@ -396,6 +398,13 @@ def _batched(items: Iterable[B], n: int) -> Iterator[tuple[B, ...]]:
     iterator = iter(items)
     while group := tuple(itertools.islice(iterator, n)):
         yield group
+
+
+def _is_tag(model: object, pretrained: str) -> bool:
+    """Whether ``pretrained`` is one of open_clip's pretrained tags of ``model`` (not a file, nor a typo)."""
+    import open_clip
+
+    return isinstance(model, str) and bool(open_clip.get_pretrained_cfg(model, pretrained))
 
 
 def _existing(path: str | None) -> str | None:

@@ -106,13 +106,18 @@ def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
     clf = tmp_path / "pets.clf"
     assert run("build-classifier", "--labels", "cat,dog", "-o", str(clf), *rand_clip.args)[0] == EXIT_OK
 
+    from clipzs.model import load_model
+
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("weights loaded")
 
     monkeypatch.setattr("clipzs.api.load_model", no_loading)
-    for other in (["-m", "ViT-B-32", "-p", "openai"], ["-p", "openai"], ["-m", "ViT-B-32"]):
+    for other in (["-m", "ViT-B-32", "-p", "openai"], ["-m", "ViT-B-32"]):
         code, _, stderr = run("classify", str(photos[0]), "--classifier", str(clf), *other)
         assert code == EXIT_USAGE and "was built for model rand-clip" in stderr, other
+    monkeypatch.setattr("clipzs.api.load_model", load_model)
+    code, _, stderr = run("classify", str(photos[0]), "--classifier", str(clf), "-p", str(tmp_path / "weigths.pt"))
+    assert code == EXIT_USAGE and "does not exist" in stderr  # a mistyped file is not taken for another model's
 
 
 @pytest.mark.parametrize(
