@@ -41,7 +41,7 @@ from clipzs.features import FeatureCache, FileKey
 from clipzs.images import Draft, discover, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
 from clipzs.prediction import Prediction
-from clipzs.prompts import Label, expand, load_templates, parse_labels, parse_templates
+from clipzs.prompts import Label, check_labels, expand, load_templates, parse_label, parse_templates
 
 
 class ZeroShotClassifier:
@@ -120,10 +120,13 @@ class ZeroShotClassifier:
         """
         hint = "build(['cat', 'dog=dog|puppy']); for 'cat,dog' as --labels takes it: build(s.split(','))"
         specs = _items(labels, (str, Label), "labels", hint)
-        label_objs = parse_labels([x.spec if isinstance(x, Label) else x for x in specs])
+        label_objs = check_labels(  # (Label objects as given: a name holding '|' or '=' is no spec to parse again)
+            x if isinstance(x, Label) else parse_label(x) for x in specs if isinstance(x, Label) or x.strip()
+        )
         template_list = _templates(templates)
         meta = self.meta_for(template_list)
-        key = key_of({**meta, "labels": [label.spec for label in label_objs], "format_version": FORMAT_VERSION})
+        labelled = [[label.name, list(label.aliases)] for label in label_objs]
+        key = key_of({**meta, "labels": labelled, "format_version": FORMAT_VERSION})
         path = cache_dir() / "classifiers" / f"{key}.safetensors"
         if use_cache and path.is_file():
             try:

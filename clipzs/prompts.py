@@ -98,7 +98,15 @@ def parse_label(spec: str) -> Label:
 
 def parse_labels(specs: Iterable[str]) -> tuple[Label, ...]:
     """Labels from specs; blank specs are skipped, duplicates and an empty list are errors."""
-    labels = tuple(parse_label(s) for s in specs if s.strip())
+    return check_labels(parse_label(s) for s in specs if s.strip())
+
+
+def check_labels(given: Iterable[Label]) -> tuple[Label, ...]:
+    """The labels, refused when there are none, one has an empty name or alias, or a name is given twice."""
+    labels = tuple(given)
+    for label in labels:
+        if not label.name.strip() or not label.aliases or not all(a.strip() for a in label.aliases):
+            raise UsageError(f"a label needs a name and aliases that are not empty: {label!r}")
     if not labels:
         raise UsageError("no labels given: use --labels 'cat,dog' or --labels-file FILE")
     seen: set[str] = set()

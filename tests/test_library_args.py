@@ -125,3 +125,13 @@ def test_right_calls_in_other_shapes(tiny: ZeroShotClassifier, shapes: dict[Path
     assert list(zsc.classify([])) == []
     features = [x for _, x in zsc.encode_paths(iter(shapes), use_cache=False)]
     assert all(isinstance(x, torch.Tensor) for x in features)
+
+
+def test_label_objects_are_built_as_given(tiny: ZeroShotClassifier) -> None:
+    """A name holding '|' or '=' (a folder called AC|DC) is no spec to parse again."""
+    given = [Label("AC|DC", ("AC|DC",)), Label("a=b", ("a=b",)), Label("a", ("b",))]
+    built = tiny.build(given, "simple")
+    assert built.labels == tuple(given)
+    assert tiny.build(["AC|DC"], "simple").labels == (Label("AC", ("AC", "DC")),)
+    with pytest.raises(UsageError, match="not empty"):
+        tiny.build([Label("cat", ())], "simple")
