@@ -92,11 +92,11 @@ def file_sha256(path: Path) -> str:
     return hexdigest
 
 
-def file_version(path: Path) -> tuple[int, int, int, int]:
-    """What ``stat`` says of a file's version: size, mtime, inode and ctime. Tools that copy a file's mtime
-    (``cp -p``, ``rsync -a``, ``tar``) cannot set its ctime, so a file replaced so is a new version too."""
+def file_version(path: Path) -> tuple[int, int, int]:
+    """What ``stat`` says of a file's version: size, mtime and ctime. Tools that copy a file's mtime (``cp -p``,
+    ``rsync -a``, ``tar``) cannot set its ctime, so a file replaced so is a new version too."""
     status = path.stat()
-    return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
+    return (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -1,11 +1,12 @@
 """The image-feature cache: one SQLite file, rows keyed by file identity and by what encoded them.
 
 A row holds the L2-normalised features of one image file, keyed by its resolved path and what ``stat`` says of
-its version: size, mtime, inode and ctime (a changed file misses and is re-encoded; ctime, which no tool can
-set back, catches a file replaced by one of the same size with its old mtime kept, as ``cp -p`` or ``rsync
--a`` do) and by the encoder key (model weights fingerprint and everything else
-that changes the numbers: precision, decoding). Each batch is written in one transaction, so a run killed at
-any moment leaves every row whole: SQLite's journal takes care of that.
+its version: size, mtime and ctime (a changed file misses and is re-encoded; ctime, which no tool can set
+back, catches a file replaced by one of the same size with its old mtime kept, as ``cp -p`` or ``rsync -a``
+do; not the inode number, which FAT file systems, as on memory cards, give anew at each mount), and by the
+encoder key (the model's fingerprint and everything else that changes the numbers: precision, decoding). Each
+batch is written in one transaction, so a run killed at any moment leaves every row whole: SQLite's journal
+takes care of that.
 
 The cache only ever saves work, so it never stops a run: a damaged database file is replaced by a new one, and
 a cache that cannot be opened or written (a read-only folder, a full disk) is left alone for the rest of the
@@ -28,7 +29,7 @@ import numpy as np
 
 from clipzs.errors import CacheWarning
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SET_UP_ATTEMPTS = 100
 
 
@@ -39,7 +40,6 @@ class FileKey:
     path: str
     size: int
     mtime_ns: int
-    inode: int = 0
     ctime_ns: int = 0
 
     @classmethod
@@ -56,9 +56,7 @@ class FileKey:
             resolved.encode("utf-8")
         except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
             return None
-        # SQLite holds signed 64-bit integers; some file systems number files beyond (NFS, SMB, FUSE, ReFS).
-        inode = status.st_ino % (1 << 63)
-        return cls(resolved, status.st_size, status.st_mtime_ns, inode, status.st_ctime_ns % (1 << 63))
+        return cls(resolved, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 class FeatureCache:
@@ -130,7 +128,7 @@ class FeatureCache:
                 self.db.execute("DROP TABLE IF EXISTS features")  # made the table (and filled it) meanwhile
                 self.db.execute(
                     "CREATE TABLE features (encoder TEXT, path TEXT, size INTEGER, mtime_ns INTEGER, "
-                    "inode INTEGER, ctime_ns INTEGER, vector BLOB, PRIMARY KEY (encoder, path))"
+                    "ctime_ns INTEGER, vector BLOB, PRIMARY KEY (encoder, path))"
                 )
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -141,7 +139,7 @@ class FeatureCache:
     def get_many(self, keys: Sequence[FileKey]) -> dict[FileKey, np.ndarray]:
         """The cached features of those keys that have them; a file changed since (another key) misses."""
         found: dict[FileKey, np.ndarray] = {}
-        wanted = {(k.path, k.size, k.mtime_ns, k.inode, k.ctime_ns): k for k in keys}
+        wanted = {(k.path, k.size, k.mtime_ns, k.ctime_ns): k for k in keys}
         paths = list({k.path for k in keys})
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
@@ -149,7 +147,7 @@ class FeatureCache:
                 break
             try:
                 rows = self.db.execute(
-                    f"SELECT path, size, mtime_ns, inode, ctime_ns, vector FROM features WHERE encoder = ? AND path IN "
+                    f"SELECT path, size, mtime_ns, ctime_ns, vector FROM features WHERE encoder = ? AND path IN "
                     f"({','.join('?' * len(chunk))})",
                     [self.encoder, *chunk],
                 ).fetchall()
@@ -170,7 +168,6 @@ class FeatureCache:
                 k.path,
                 k.size,
                 k.mtime_ns,
-                k.inode,
                 k.ctime_ns,
                 np.ascontiguousarray(v, dtype=np.float32).tobytes(),
             )
@@ -179,7 +176,7 @@ class FeatureCache:
         if rows and self.db is not None:
             try:
                 with self._transaction():
-                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.Error as e:
                 self._give_up("written", e)
 

@@ -329,7 +329,7 @@ def _remember(versions: dict[str, LoadedModel], make: Callable[[], LoadedModel])
     return loaded
 
 
-def _file_state(path: str | os.PathLike[str] | None) -> tuple[str, tuple[int, int, int, int]] | None:
+def _file_state(path: str | os.PathLike[str] | None) -> tuple[str, tuple[int, int, int]] | None:
     """Which file a path names now, and its version: a changed file is a different model."""
     if path is None:
         return None

@@ -90,30 +90,6 @@ def test_a_file_replaced_with_its_old_size_and_mtime_is_encoded_again(rand_clip:
     assert (cached - old).abs().max() > 1e-3  # type: ignore[operator]
 
 
-def test_files_numbered_beyond_what_sqlite_holds_are_cached(
-    rand_clip: ModelFiles, photos: list[Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """NFS, SMB, FUSE and ReFS may give inode numbers of 2**63 and more: SQLite's integers stop below."""
-    import types
-
-    real_stat = os.stat
-
-    def huge_inode(path: object, *args: object, **kwargs: object) -> object:
-        status = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
-        if str(path) != str(photos[0]):
-            return status
-        fields = {name: getattr(status, name) for name in dir(status) if name.startswith("st_")}
-        return types.SimpleNamespace(**{**fields, "st_ino": 2**64 - 5})
-
-    monkeypatch.setattr(os, "stat", huge_inode)
-    zsc = ZeroShotClassifier(load_model(None, str(rand_clip.checkpoint), model_config=rand_clip.config, device="cpu"))
-    [(_, first)] = zsc.encode_paths(photos[:1])
-    calls = []
-    monkeypatch.setattr(type(zsc.model), "encode_images", lambda *a: calls.append(a))
-    [(_, again)] = zsc.encode_paths(photos[:1])
-    assert calls == [] and (again - first).abs().max() == 0  # type: ignore[operator]
-
-
 def test_a_file_key_changes_with_the_files_version(tmp_path: Path) -> None:
     path = tmp_path / "a.jpg"
     path.write_bytes(b"one")
