@@ -215,8 +215,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return _wide_to_rgb(image)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        if rgba.getchannel("A").getextrema() == (0, 0):  # an unused channel (32-bit BMPs and TGAs often leave
-            return rgba.convert("RGB")  # it 0, and viewers show them opaque), not an invisible picture
+        if rgba.getchannel("A").getextrema() == (0, 0):  # an unused channel (32-bit TGAs often leave it 0,
+            return rgba.convert("RGB")  # and viewers show them opaque), not an invisible picture
         background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     try:

@@ -49,8 +49,9 @@ class LoadedModel:
     name: str
     pretrained: str
     fingerprint: str
-    """Identifies the model: its weights ('name:tag' for a hub tag, 'sha256:...' of a local checkpoint file) and,
-    after '|built:', a digest of the name, config and options it was built from."""
+    """Identifies the model: its weights ('name:tag' for a pretrained tag, 'sha256:...' of a local checkpoint file,
+    'hf-hub:...@digest' of an hf-hub: repository's cached files) and, after '|built:', a digest of the name,
+    config and options it was built from."""
     device: torch.device
     model_config: str | None = None
     pixels: PixelPipeline | None = None
