@@ -75,7 +75,19 @@ def socket_path() -> Path:
 def identity() -> dict[str, Any]:
     """What must be the same in server and client for a command to run alike in both."""
     pinned = {k: v for k, v in os.environ.items() if k.startswith(PINNED_PREFIXES) or k in PINNED_NAMES}
-    return {"prefix": sys.prefix, "package": str(Path(__file__).parent), "env": pinned}
+    return {"prefix": sys.prefix, "package": str(Path(__file__).parent), "code": _code_stamp(), "env": pinned}
+
+
+def _code_stamp() -> list[list[object]]:
+    """The version of clipzs's own code files as ``stat`` says it: a server started before clipzs was updated
+    in place (a git pull in an editable install, say) runs the old code, so commands run in their own process."""
+    stamp: list[list[object]] = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(Path(__file__).parent), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                status = entry.stat()
+                stamp.append([entry.name, status.st_size, status.st_mtime_ns])
+    return stamp
 
 
 # -- the client: every clipzs command ------------------------------------------------------------------------

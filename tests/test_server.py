@@ -144,6 +144,25 @@ def test_a_precision_copy_is_kept_loaded_too(resident: Server, tiny_clip: ModelF
     assert sum(", bf16) in" in line for line in resident.log_lines()) == 1  # cast once, then kept
 
 
+def test_a_server_older_than_the_code_is_not_used(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    """clipzs updated in place (a git pull in an editable install) while a server runs: it would run old code."""
+    from clipzs import prediction
+
+    args = ["classify", str(folder), "-l", "circle,square", "-q", *tiny_clip.args]
+    assert clipzs(*args).returncode == EXIT_SKIPPED
+    served = len(resident.log_lines())
+    source = Path(prediction.__file__)
+    before = source.stat()
+    try:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        assert clipzs(*args).returncode == EXIT_SKIPPED
+        assert len(resident.log_lines()) == served  # it ran in its own process
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert clipzs(*args).returncode == EXIT_SKIPPED
+    assert len(resident.log_lines()) > served
+
+
 def raw_client() -> socket.socket:
     """A connection the server has taken (its ready frame read), that has sent nothing yet."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
