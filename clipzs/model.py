@@ -387,8 +387,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
     if not hub:
         check_model_name(name)
     checkpoint, weights, tag_options = _resolve_weights(name, pretrained)
-    cached_hub = hub and _hub_cached(name, "open_clip_config.json") is not None
-    offline = cached_hub and _cannot_download(_hub_endpoint()) is not None
+    offline = hub and _hub_complete(name) and _cannot_download(_hub_endpoint()) is not None
     with _hub_offline(offline):
         try:
             with _skip_random_init(), _map_checkpoints():
@@ -537,7 +536,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
     if path.is_file():
         return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
-        if _hub_cached(name, "open_clip_config.json") is None:
+        if not _hub_complete(name):
             _require_network(name, _hub_endpoint())
         return "", name, {}
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
@@ -629,6 +628,15 @@ def _hub_cached(name: str, filename: str) -> Path | None:
     except ValueError as e:  # huggingface_hub's HFValidationError: not a repository id
         raise UsageError(f"{name!r} does not name a Hugging Face repository (hf-hub:ORG/NAME): {e}") from e
     return Path(found) if isinstance(found, str) else None
+
+
+def _hub_complete(name: str) -> bool:
+    """Whether the Hugging Face cache holds an ``hf-hub:`` model's config and weights (a download cut short may
+    have left the config alone)."""
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    weights = (_hub_cached(name, f) for f in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
+    return _hub_cached(name, HF_CONFIG_NAME) is not None and any(w is not None for w in weights)
 
 
 def _hub_content(name: str) -> str:

@@ -203,3 +203,17 @@ def test_a_classifier_file_of_an_older_clipzs_is_taken_for_its_weights(rand_clip
     quick = load_model(None, str(rand_clip.checkpoint), model_config=quick_config, device="cpu")
     with pytest.raises(ClassifierError, match="the same weights in a model built otherwise"):
         built.check_model(quick.fingerprint, quick.name)
+
+
+def test_a_hub_model_whose_download_was_cut_short_says_so(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config cached without the weights is not a cached model: say what to do, as for one not cached."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    publish(tmp_path / "hub", rand_clip.config, seed=0, commit="a" * 40)
+    (tmp_path / "hub" / "models--me--tiny" / "snapshots" / ("a" * 40) / "open_clip_model.safetensors").unlink()
+    result = CliRunner().invoke(app, ["classify", str(photos[0]), "-l", "a,b", "-m", "hf-hub:me/tiny"])
+    assert result.exit_code == 2
+    assert "not in the local cache and HF_HUB_OFFLINE is set" in result.stderr
