@@ -387,7 +387,11 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
     if not hub:
         check_model_name(name)
     checkpoint, weights, tag_options = _resolve_weights(name, pretrained)
-    offline = hub and _hub_complete(name) and _cannot_download(_hub_endpoint()) is not None
+    offline = False
+    if hub and _hub_complete(_hub_files(name)):  # loaded from the cache, without asking an unreachable hub
+        offline = _cannot_download(_hub_endpoint()) is not None
+    elif hub:
+        _require_network(name, _hub_endpoint())
     with _hub_offline(offline):
         try:
             with _skip_random_init(), _map_checkpoints():
@@ -410,7 +414,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
         except Exception as e:
             raise ModelError(f"cannot load the tokenizer of {name}: {_first_line(e)}") from e
     if hub:  # the files just loaded: a repository whose weights changed on the hub is another model
-        weights = f"{name}@{_hub_content(name)}"
+        weights = f"{name}@{_hub_content(_hub_files(name))}"
     # One checkpoint can be loaded into models that compute differently (QuickGELU or GELU, another pooling):
     # what identifies the model is its weights and what it is built from.
     built_from = {"model": name, "config": open_clip.get_model_config(name), "options": tag_options}
@@ -536,9 +540,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
     if path.is_file():
         return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
-        if not _hub_complete(name):
-            _require_network(name, _hub_endpoint())
-        return "", name, {}
+        return "", name, {}  # (open_clip downloads its files, or finds them in the Hugging Face cache)
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         if os.sep in pretrained or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
@@ -619,38 +621,38 @@ def _cannot_download(url: str) -> str | None:
     return None
 
 
-def _hub_cached(name: str, filename: str) -> Path | None:
-    """A file of an ``hf-hub:`` model's repository as the Hugging Face cache holds it now, or None."""
+def _hub_files(name: str) -> dict[str, Path]:
+    """The files of an ``hf-hub:`` model's repository that open_clip loads (config, weights) as the Hugging Face
+    cache holds them now, by name."""
     from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(name.removeprefix("hf-hub:"), filename)
-    except ValueError as e:  # huggingface_hub's HFValidationError: not a repository id
-        raise UsageError(f"{name!r} does not name a Hugging Face repository (hf-hub:ORG/NAME): {e}") from e
-    return Path(found) if isinstance(found, str) else None
-
-
-def _hub_complete(name: str) -> bool:
-    """Whether the Hugging Face cache holds an ``hf-hub:`` model's config and weights (a download cut short may
-    have left the config alone)."""
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    weights = (_hub_cached(name, f) for f in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
-    return _hub_cached(name, HF_CONFIG_NAME) is not None and any(w is not None for w in weights)
-
-
-def _hub_content(name: str) -> str:
-    """What an ``hf-hub:`` model's cached config and weights hold: a commit that changes neither (a README
-    edited) is the same model. The cache names its files' contents (blobs/<hash>); where it copies them
-    instead of linking (no symlinks), their SHA-256."""
-    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    parts = []
+    files = {}
     for filename in (HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
-        path = _hub_cached(name, filename)
-        if path is not None:
-            blob = Path(os.path.realpath(path))
-            parts.append(blob.name if blob.parent.name == "blobs" else file_sha256(blob))
+        try:
+            found = try_to_load_from_cache(name.removeprefix("hf-hub:"), filename)
+        except ValueError as e:  # huggingface_hub's HFValidationError: not a repository id
+            raise UsageError(f"{name!r} does not name a Hugging Face repository (hf-hub:ORG/NAME): {e}") from e
+        if isinstance(found, str):
+            files[filename] = Path(found)
+    return files
+
+
+def _hub_complete(files: dict[str, Path]) -> bool:
+    """Whether ``_hub_files`` holds a config and weights (a download cut short may have left the config alone)."""
+    from open_clip.constants import HF_CONFIG_NAME
+
+    return HF_CONFIG_NAME in files and len(files) > 1
+
+
+def _hub_content(files: dict[str, Path]) -> str:
+    """What an ``hf-hub:`` model's cached files (``_hub_files``) hold: a commit that changes none of them (a README
+    edited) is the same model. The cache names its files' contents (blobs/<hash>); where it copies them instead
+    of linking (no symlinks), their SHA-256."""
+    parts = []
+    for path in files.values():
+        blob = Path(os.path.realpath(path))
+        parts.append(blob.name if blob.parent.name == "blobs" else file_sha256(blob))
     return key_of({"files": parts})[:16]
 
 
