@@ -86,9 +86,9 @@ class ZeroShotClassifier:
         )
         if (model and model != meta.get("model")) or other_tag:  # said now, before weights load or download
             raise ClassifierError(
-                f"{path} was built for model {meta.get('model')} with weights {meta.get('pretrained')}, not for "
-                f"{model or meta.get('model')} with weights {pretrained or meta.get('pretrained')}; rebuild it, or "
-                "run without --model/--pretrained to use its own"
+                f"{path} was built for {classifier.built_for}, not for {model or meta.get('model')} with weights "
+                f"{pretrained or meta.get('pretrained')}; rebuild it, or run without --model/--pretrained to use its "
+                "own"
             )
         try:
             loaded = load_model(

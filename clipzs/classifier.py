@@ -88,6 +88,11 @@ class Classifier:
         meta = {k: v for k, v in header.items() if k not in ("format", "format_version", "labels")}
         return cls(weights=weights, labels=labels, meta=meta, bias=bias)
 
+    @property
+    def built_for(self) -> str:
+        """The model it names, for messages: 'model NAME with weights TAG-OR-FILE'."""
+        return f"model {self.meta.get('model')} with weights {self.meta.get('pretrained') or 'of the hub'}"
+
     def check_model(
         self, fingerprint: str, name: str, source: str = "this classifier", width: int | None = None
     ) -> None:
@@ -100,7 +105,7 @@ class Classifier:
         weights = fingerprint.split("|built:")[0]
         older = isinstance(stored, str) and "|built:" not in stored  # (an hf-hub: model's was its name)
         if stored != fingerprint and not (older and weights.split("@")[0] == stored):
-            built = f"model {self.meta.get('model')} with weights {self.meta.get('pretrained') or 'of the hub'}"
+            built = self.built_for
             if isinstance(stored, str) and stored.split("|built:")[0] == weights:
                 raise ClassifierError(
                     f"{source} was built for {built}, the same weights in a model built otherwise (another config "
