@@ -208,7 +208,12 @@ def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[
         shown = ", ".join(map(repr, unused[:5])) + more
         message = f"{len(unused)} labels of the labels file name no class of the dataset: {shown}"
         warnings.warn(message, ClipzsWarning, stacklevel=2)
-    return [by_name.get(name, Label(name, (name.replace("_", " "),))) for name in classes]
+    return [by_name.get(name, Label(name, (spoken(name),))) for name in classes]
+
+
+def spoken(class_name: str) -> str:
+    """How a class is prompted by its name: underscores read as spaces ("golden_retriever": "golden retriever")."""
+    return class_name.replace("_", " ")
 
 
 def encode_dataset(
@@ -275,7 +280,7 @@ def evaluate_classifier(
     ``golden_retriever`` is the label of that name, or else of ``golden retriever``, as eval prompts it."""
     assert zsc.classifier is not None
     names = zsc.classifier.names
-    columns = {c: names.index(n) for c in dataset.classes for n in (c.replace("_", " "), c) if n in names}
+    columns = {c: names.index(n) for c in dataset.classes for n in (spoken(c), c) if n in names}
     missing = [c for c in dataset.classes if c not in columns]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
