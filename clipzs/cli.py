@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Optional, TextIO
 
@@ -191,13 +191,11 @@ def classify(
             raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
         if output is not None:
             _check_output_place(output, folder=chosen == "parquet")
-            sources = [
-                (classifier, "the classifier file"),
-                (labels_file, "the labels file"),
-                (templates, "the templates file"),
-            ]
-            same_name = [(path, "one of the images to classify") for path in paths if path.name == output.name]
-            _refuse_overwriting(output, *sources, *same_name)
+            _refuse_overwriting(
+                output,
+                *_files_read(classifier, labels_file, templates, pretrained, model_config),
+                *_among(paths, output, "one of the images to classify"),
+            )
         appending = False
         done: dict[str, str | None] = {}
         if resume:
@@ -221,6 +219,8 @@ def classify(
         zsc = _classifier(
             classifier, labels, labels_file, templates, model, pretrained, model_config, device, here, no_cache
         )
+        if output is not None:  # (a classifier file names the weights it was built with)
+            _refuse_overwriting(output, *_model_files(zsc))
         _warn_one_label(console, zsc)
         _check_same_labels(done, zsc, output)
         skipped = 0
@@ -350,7 +350,8 @@ def build_classifier(
 ) -> None:
     """Encode the labels' prompts once into a classifier file for `classify --classifier`."""
     with _errors() as console:
-        _refuse_overwriting(output, (labels_file, "the labels file"), (templates, "the templates file"))
+        _check_output_place(output, folder=False)
+        _refuse_overwriting(output, *_files_read(None, labels_file, templates, pretrained, model_config))
         zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
         assert zsc.classifier is not None
         zsc.classifier.save(output)
@@ -599,7 +600,14 @@ def probe_fit(
     from clipzs.prompts import labels_from_file
 
     with _errors() as console:
+        _check_output_place(output, folder=False)  # now, not after minutes of training
         dataset = load_dataset(root)
+        _refuse_overwriting(
+            output,
+            (root, "the dataset"),
+            *_files_read(None, labels_file, templates, pretrained, model_config),
+            *_among(dataset.paths, output, "one of the dataset's images"),
+        )
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         zsc = _load_model(model, pretrained, model_config, device, precision)
         blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
@@ -913,6 +921,35 @@ def _os_reason(error: OSError) -> str:
     names = [n for n in (error.filename, error.filename2) if n is not None]
     shown = " -> ".join(printable(os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n)) for n in names)
     return f"{shown}: {reason}" if names else reason
+
+
+def _files_read(
+    classifier: Path | None,
+    labels_file: Path | None,
+    templates: str | None,
+    pretrained: str | None,
+    model_config: Path | None,
+) -> list[tuple[Path | str | None, str]]:
+    """The files besides images that a command's options make it read, each named as a refusal says it."""
+    from clipzs.prompts import builtin_template_sets
+
+    return [
+        (classifier, "the classifier file"),
+        (labels_file, "the labels file"),
+        (None if templates in builtin_template_sets() else templates, "the templates file"),
+        (Path(pretrained).expanduser() if pretrained else None, "the model's weights"),
+        (model_config, "the model config"),
+    ]
+
+
+def _model_files(zsc: ZeroShotClassifier) -> list[tuple[Path | str | None, str]]:
+    """The files the loaded model was read from (a classifier file names them without -p)."""
+    return [(zsc.model.pretrained, "the model's weights"), (zsc.model.model_config, "the model config")]
+
+
+def _among(paths: Iterable[Path], output: Path, what: str) -> list[tuple[Path | str | None, str]]:
+    """The inputs that may be the output file (only those of its name are asked the file system)."""
+    return [(path, what) for path in paths if path.name == output.name]
 
 
 def _refuse_overwriting(output: Path, *sources: tuple[Path | str | None, str]) -> None:

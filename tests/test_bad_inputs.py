@@ -52,12 +52,13 @@ def test_unusable_output_paths_get_one_line_before_the_model_loads(
         (["classify", str(photos[0]), "-l", "a,b", "-o", folder], "it is a folder"),
         (["classify", str(photos[0]), "-l", "a,b", "-o", file, "-f", "parquet", "--resume"], "it is a file"),
         (["eval", str(photos[0].parent), "--plot", f"{tmp_path}/missing/p.png"], "is not an existing folder"),
-        (["build-classifier", "-l", "a,b", "-o", folder], f"{folder}: Is a directory"),
-        (["build-classifier", "-l", "a,b", "-o", f"{file}/x.clf"], f"{file}: Not a directory"),
+        (["build-classifier", "-l", "a,b", "-o", folder], "it is a folder"),
+        (["build-classifier", "-l", "a,b", "-o", f"{file}/x.clf"], "is not an existing folder"),
+        (["probe", "fit", str(photos[0].parent), "-o", folder], "it is a folder"),
     ]
     for args, message in cases:
-        model = rand_clip.args if args[0] == "build-classifier" else ["--model-config", "/nonexistent.json"]
-        result = CliRunner().invoke(app, [*args, *model])  # classify and eval refuse before reading the model config
+        model = ["--model-config", "/nonexistent.json"]
+        result = CliRunner().invoke(app, [*args, *model])  # refused before the model config is read
         assert result.exit_code == EXIT_USAGE, (args, result.output)
         assert result.stderr.startswith("clipzs: error: ") and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output and "resuming" not in result.stderr
@@ -82,6 +83,34 @@ def test_an_output_that_is_an_input_is_refused_and_left_whole(
     for args, victim, what in cases:
         before = victim.read_bytes()
         result = CliRunner().invoke(app, [*args, *rand_clip.args])
+        assert result.exit_code == EXIT_USAGE and what in result.stderr, (args, result.output)
+        assert victim.read_bytes() == before
+
+
+def test_the_model_files_and_the_dataset_are_never_the_output(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    weights, config = tmp_path / rand_clip.checkpoint.name, tmp_path / rand_clip.config.name
+    weights.write_bytes(rand_clip.checkpoint.read_bytes())
+    config.write_bytes(rand_clip.config.read_bytes())
+    model = ["--model-config", str(config), "-p", str(weights), "--device", "cpu"]
+    clf = tmp_path / "pets.clf"
+    assert CliRunner().invoke(app, ["build-classifier", "-l", "cat,dog", "-o", str(clf), *model]).exit_code == 0
+    dataset = tmp_path / "ds.csv"
+    dataset.write_text("path,label\n" + "".join(f"{p},{'cat' if i % 2 else 'dog'}\n" for i, p in enumerate(photos)))
+    image = photos[0]
+    cases = [
+        (["build-classifier", "-l", "cat,dog", "-o", str(weights), *model], weights, "the model's weights"),
+        (["build-classifier", "-l", "cat,dog", "-o", str(config), *model], config, "the model config"),
+        (["classify", str(image), "-l", "cat,dog", "-o", str(weights), *model], weights, "the model's weights"),
+        # the classifier file names the weights: no -p on the command line
+        (["classify", str(image), "-c", str(clf), "-o", str(weights)], weights, "the model's weights"),
+        (["probe", "fit", str(dataset), "-o", str(dataset), *model], dataset, "the dataset"),
+        (["probe", "fit", str(dataset), "-o", str(weights), *model], weights, "the model's weights"),
+    ]
+    for args, victim, what in cases:
+        before = victim.read_bytes()
+        result = CliRunner().invoke(app, args)
         assert result.exit_code == EXIT_USAGE and what in result.stderr, (args, result.output)
         assert victim.read_bytes() == before
 
