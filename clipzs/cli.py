@@ -433,12 +433,17 @@ def evaluate(
             raise UsageError(f"--shots takes whole numbers separated by commas, not {shots!r}") from None
         if any(k < 1 for k in shot_counts):
             raise UsageError("--shots counts must be at least 1")
+        measures_model = not classifier or bool(model or pretrained)
+        if shot_counts and not measures_model:
+            raise UsageError("--shots fits probes on a model's features: name the model with --model/--pretrained")
+        if measures_model and not template_sets and not shot_counts:
+            raise UsageError("--templates names no template set")
         for name in template_sets:
             load_templates(name)  # a typo fails now, not after the images are encoded
         _check_precision(device, precision)
         runs: list[Run] = []
         skipped: list[tuple[Path, str]] = []
-        pairs = _model_pairs(model, pretrained, model_config) if not classifier or model or pretrained else []
+        pairs = _model_pairs(model, pretrained, model_config) if measures_model else []
         for model_name, weights in pairs:
             zsc = ZeroShotClassifier.from_pretrained(
                 model_name, weights, model_config=model_config, device=device, precision=precision

@@ -179,6 +179,7 @@ class Run:
     templates: str
     images: int
     metrics: Metrics
+    shots: int | None = None  # a probe fitted on this many images per class; None: zero-shot or a classifier file
 
     def to_dict(self, classes: Sequence[str]) -> dict[str, object]:
         m = self.metrics
@@ -187,6 +188,7 @@ class Run:
             "pretrained": self.pretrained,
             "templates": self.templates,
             "images": self.images,
+            "shots": self.shots,
             "top1": m.top1,
             "top5": m.top5,
             "mean_per_class_recall": m.mean_per_class_recall,
@@ -269,7 +271,8 @@ def evaluate_model(
             raise UsageError(f"{k} shots per class leave no image to test on")
         probe = fit_probe(x[chosen], y[chosen], len(labels), seed=seed).classifier
         scores = probe.logits(x[rest])  # the ranking is all the metrics need: no softmax
-        runs.append(Run(zsc.model.name, zsc.model.pretrained, f"{k}-shot probe", len(rest), metrics(scores, y[rest])))
+        measured = metrics(scores, y[rest])
+        runs.append(Run(zsc.model.name, zsc.model.pretrained, f"{k}-shot probe", len(rest), measured, shots=k))
     return runs, skipped
 
 
@@ -314,18 +317,22 @@ def _pyplot() -> Any:
 
 
 def plot_few_shot(runs: Sequence[Run], path: Path) -> None:
-    """Top-1 of the k-shot probes against k, per model, with each zero-shot run as a horizontal line."""
+    """Top-1 of the k-shot probes against k, per model, with each zero-shot run and classifier file as a
+    horizontal line."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.set_xscale("log", base=2)
+    colors = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for model in dict.fromkeys((run.model, run.pretrained) for run in runs):
         own = [run for run in runs if (run.model, run.pretrained) == model]
-        probes = sorted((int(run.templates.split("-")[0]), run.metrics.top1) for run in own if "-shot" in run.templates)
-        line = axes.plot(*zip(*probes, strict=True), marker="o", label=f"{model[0]} ({model[1]}) probe")[0]
-        zero_shot = [run for run in own if "-shot" not in run.templates]
-        for run, style in zip(zero_shot, itertools.cycle(["--", ":", "-."]), strict=False):
-            axes.axhline(run.metrics.top1, linestyle=style, color=line.get_color(), label=f"zero-shot, {run.templates}")
-        axes.set_xticks([k for k, _ in probes], [str(k) for k, _ in probes])
+        color = next(colors)
+        probes = sorted((run.shots, run.metrics.top1) for run in own if run.shots is not None)
+        if probes:  # (a classifier file's model has none)
+            axes.plot(*zip(*probes, strict=True), marker="o", color=color, label=f"{model[0]} ({model[1]}) probe")
+            axes.set_xticks([k for k, _ in probes], [str(k) for k, _ in probes])
+        others = [run for run in own if run.shots is None]
+        for run, style in zip(others, itertools.cycle(["--", ":", "-."]), strict=False):
+            axes.axhline(run.metrics.top1, linestyle=style, color=color, label=run.templates)
     axes.minorticks_off()
     axes.set_xlabel("labelled images per class")
     axes.set_ylabel("top-1 accuracy")

@@ -145,6 +145,9 @@ def test_eval_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     assert run_eval(str(tmp_path / "nowhere"), *tiny_clip.args)[0] == EXIT_USAGE
     code, _, stderr = run_eval(str(tmp_path / "data"), "-t", "simple,nope", *tiny_clip.args)
     assert code == EXIT_USAGE and "unknown template set" in stderr
+    for fmt in ("table", "json"):
+        code, _, stderr = run_eval(str(tmp_path / "data"), "-t", ",", "-f", fmt, *tiny_clip.args)
+        assert code == EXIT_USAGE and "--templates names no template set" in stderr
     code, _, stderr = run_eval(
         str(tmp_path / "data"), "-m", "ViT-B-32", "-m", "ViT-B-16", "-p", "a", "-p", "b", "-p", "c"
     )

@@ -141,16 +141,24 @@ def test_binary_probe_has_one_column_per_class() -> None:
 def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     data = unseen_tree(tmp_path / "data", per_class=10, seed=8)
     plot = tmp_path / "curve.png"
+    clf, one_shot = tmp_path / "words.clf", tmp_path / "one-shot.txt"  # names that say "-shot" are no probes
+    one_shot.write_text("a drawing of a {}.\n")
+    assert cli("build-classifier", "-l", ",".join(UNSEEN), "-o", str(clf), *tiny_clip.args)[0] == EXIT_OK
     code, stdout, _ = cli(
-        "eval", str(data), "-t", "simple", "--shots", "1,2,4", "--plot", str(plot), "-f", "json", *tiny_clip.args
-    )
+        "eval", str(data), "-t", f"simple,{one_shot}", "--shots", "1,2,4", "-c", str(clf), "--plot", str(plot),
+        "-f", "json", *tiny_clip.args,
+    )  # fmt: skip
     assert code == EXIT_OK
     runs = {run["templates"]: run for run in json.loads(stdout)["runs"]}
-    assert list(runs) == ["simple", "1-shot probe", "2-shot probe", "4-shot probe"]
-    assert [runs[f"{k}-shot probe"]["images"] for k in (1, 2, 4)] == [36, 32, 24]  # tested on the other images
+    probes = ["1-shot probe", "2-shot probe", "4-shot probe"]
+    assert list(runs) == ["simple", str(one_shot), *probes, "words.clf (zero-shot)"]
+    assert [runs[name]["shots"] for name in runs] == [None, None, 1, 2, 4, None]
+    assert [runs[name]["images"] for name in probes] == [36, 32, 24]  # tested on the other images
     assert runs["4-shot probe"]["top1"] >= max(0.85, runs["simple"]["top1"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli("eval", str(data), "--shots", "2,x", *tiny_clip.args)[0] == EXIT_USAGE
+    code, _, stderr = cli("eval", str(data), "--shots", "2", "-c", str(clf))  # a classifier file alone: no features
+    assert code == EXIT_USAGE and "--shots fits probes on a model's features" in stderr
 
 
 def test_a_probe_file_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
