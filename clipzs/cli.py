@@ -471,7 +471,10 @@ def evaluate(
 
 @app.command("sort")
 def sort_images(
-    src: Annotated[Optional[Path], typer.Argument(help="The folder (or image) to sort.", metavar="SRC")] = None,
+    src: Annotated[
+        Optional[Path],
+        typer.Argument(help="The folder (or image) to sort, or - to read paths from stdin.", metavar="SRC"),
+    ] = None,
     dest: Annotated[
         Optional[Path], typer.Argument(help="Where DEST/<label>/ folders are made.", metavar="DEST")
     ] = None,
@@ -526,7 +529,7 @@ def sort_images(
             raise UsageError("--min-score must be a number: scores run from 0 to 1")
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"{dest} is a file: DEST is the folder the label folders go in")
-        paths = [p for p in discover([str(src)]) if p.exists()]
+        paths = [p for p in discover([str(src)], sys.stdin.buffer if str(src) == "-" else None) if p.exists()]
         if not paths:
             raise UsageError(f"no images found in {src}")
         zsc = _classifier(

@@ -15,7 +15,7 @@ from typing import BinaryIO, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipzs.errors import ImageError
+from clipzs.errors import ImageError, UsageError
 
 BASE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -87,9 +87,10 @@ def walk(folder: Path) -> list[Path]:
 
 
 def read_path_list(stream: BinaryIO) -> list[str]:
-    """Paths from a stream, one per line, or NUL-separated when the stream holds a NUL (find -print0)."""
+    """Paths from a stream, one per line (LF or CRLF), or NUL-separated when the stream holds a NUL (find -print0).
+    Not ``splitlines``: that also splits at form feeds and U+2028, which file names may hold."""
     data = os.fsdecode(stream.read())
-    parts = data.split("\0") if "\0" in data else data.splitlines()
+    parts = data.split("\0") if "\0" in data else [line.removesuffix("\r") for line in data.split("\n")]
     return [p for p in parts if p]
 
 
@@ -102,7 +103,7 @@ def discover(inputs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[P
     for item in inputs:
         if item == "-":
             if stdin is None:
-                raise ValueError("'-' given but no stdin stream")
+                raise UsageError("'-' stands for paths read from stdin, which only `clipzs classify` and `sort` read")
             yield from (Path(p) for p in read_path_list(stdin))
         elif os.path.isdir(item):
             yield from walk(Path(item))

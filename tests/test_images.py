@@ -309,8 +309,9 @@ def test_discover_yields_explicit_files_as_given_and_expands_folders(tmp_path: P
         (b"a.jpg\r\nb.png\r\n", ["a.jpg", "b.png"]),
         (b"a.jpg\0line\nbreak.png\0", ["a.jpg", "line\nbreak.png"]),
         ("ünï.jpg\n".encode() + b"caf\xe9.jpg\n", ["ünï.jpg", os.fsdecode(b"caf\xe9.jpg")]),
+        ("x\u2028y.jpg\npage\x0c2.jpg\nz\x85.jpg\n".encode(), ["x\u2028y.jpg", "page\x0c2.jpg", "z\x85.jpg"]),
     ],
-    ids=["newlines", "crlf", "nul-keeps-newline-in-name", "non-utf8-bytes"],
+    ids=["newlines", "crlf", "nul-keeps-newline-in-name", "non-utf8-bytes", "only-newlines-end-lines"],
 )
 def test_dash_reads_a_path_list_from_stdin(data: bytes, paths: list[str]) -> None:
     assert list(discover(["-"], io.BytesIO(data))) == [Path(p) for p in paths]

@@ -173,3 +173,14 @@ def test_undo_twice_and_folders_left_tidy(tiny_clip: ModelFiles, tmp_path: Path)
     assert sorted(p.name for p in dest.iterdir()) == ["clipzs-manifest.jsonl"]  # empty label folders removed
     code, _, stderr = sort("--undo", str(dest / "clipzs-manifest.jsonl"))
     assert code == EXIT_OK and "6 already undone" in stderr and stderr.count("\n") == 1
+
+
+def test_sort_reads_paths_from_stdin(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    truth = photo_tree(tmp_path / "src")
+    listing = "\n".join(str(p) for p in truth)
+    result = CliRunner().invoke(
+        app, ["sort", "-", str(tmp_path / "dest"), "-l", ",".join(SHAPES), "--dry-run", *tiny_clip.args], input=listing
+    )
+    assert result.exit_code == EXIT_OK, result.output
+    steps = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(step["source"] for step in steps) == sorted(map(str, truth))
