@@ -400,7 +400,7 @@ def evaluate(
             "--shots", help="Few-shot curve: probes on K images per class, e.g. 1,2,4,8,16 (--plot draws it)."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing the shots.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for drawing the shots.")] = 0,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
@@ -583,7 +583,7 @@ def probe_fit(
     shots: Annotated[
         Optional[int], typer.Option("--shots", min=1, help="Train on this many images per class (few-shot).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing shots and the held-out split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for drawing shots and the held-out split.")] = 0,
     blend: Annotated[
         bool,
         typer.Option(

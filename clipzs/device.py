@@ -28,7 +28,14 @@ def resolve_device(requested: str = "auto") -> torch.device:
         raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
     if base == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for, but PyTorch sees no Apple GPU here")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"unknown device {requested!r}: use {base}, or {base}:N for its N-th device") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {requested}: PyTorch sees {count} CUDA GPU{'s' if count > 1 else ''} here, from 0")
+    return device
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")

@@ -255,8 +255,9 @@ def evaluate_model(
 
     Returns the runs and the images that could not be read (left out of the figures), with the reasons.
     """
-    from clipzs.probe import few_shot, fit_probe
+    from clipzs.probe import check_seed, few_shot, fit_probe
 
+    check_seed(seed)
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     runs = []
     for templates in template_sets:

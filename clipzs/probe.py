@@ -52,9 +52,16 @@ class ProbeResult:
     held_out_accuracy: float | None
 
 
+def check_seed(seed: int) -> int:
+    """A seed for drawing shots and held-out images is a whole number from 0 (checked before any work)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"a seed is a whole number from 0, not {seed!r}")
+    return seed
+
+
 def few_shot(targets: Sequence[int] | np.ndarray, shots: int, seed: int) -> list[int]:
     """Indices of ``shots`` images per class (all of a class that has fewer), drawn with a seeded generator."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     truth = np.asarray(targets)
     chosen: list[int] = []
     for label in np.unique(truth):
@@ -65,7 +72,7 @@ def few_shot(targets: Sequence[int] | np.ndarray, shots: int, seed: int) -> list
 
 def held_out_split(targets: Sequence[int] | np.ndarray, seed: int) -> tuple[list[int], list[int]]:
     """A stratified split: about HELD_OUT of each class with two or more images is held out."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     truth = np.asarray(targets)
     train: list[int] = []
     held: list[int] = []
@@ -185,6 +192,7 @@ def train_classifier(
     from clipzs.classifier import Classifier
     from clipzs.evaluate import encode_dataset
 
+    check_seed(seed)
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     _check_every_class_seen(labels, set(targets), dataset, dict(skipped))
     chosen = few_shot(targets, shots, seed) if shots else list(range(len(targets)))

@@ -133,10 +133,11 @@ def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
         (["--labels", "cat,dog", "--format", "xml"], "unknown format"),
         (["--classifier", "missing.clf"], "does not exist"),
         (["--labels", "cat,dog", "--device", "cuda"], "no CUDA GPU"),
+        (["--labels", "cat,dog", "--device", "cpu:x"], "unknown device 'cpu:x'"),
     ],
 )
 def test_usage_errors_are_one_clear_line(photos: list[Path], args: list[str], message: str) -> None:
-    if "--device" in args and __import__("torch").cuda.is_available():
+    if "cuda" in args and __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU")
     code, stdout, stderr = run("classify", str(photos[0]), *args)
     assert code == EXIT_USAGE and stdout == ""

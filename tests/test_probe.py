@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from clipzs.classifier import Classifier
 from clipzs.cli import app
-from clipzs.errors import EXIT_OK, EXIT_USAGE
+from clipzs.errors import EXIT_OK, EXIT_USAGE, UsageError
 from clipzs.probe import few_shot, fit_probe, held_out_split
 from tests.conftest import ModelFiles, jsonl
 from tests.tinyclip.shapes import draw
@@ -117,6 +117,9 @@ def test_few_shot_and_split_are_seeded_and_stratified() -> None:
     train, held = held_out_split(targets, seed=0)
     assert sorted(train + held) == list(range(len(targets)))
     assert [targets[i] for i in held] == [0, 0, 1]  # 20% of each class with two or more images
+    for seed in (-1, 1.5, "1"):
+        with pytest.raises(UsageError, match="a seed is a whole number"):
+            few_shot(targets, 2, seed=seed)  # type: ignore[arg-type]
 
 
 def test_few_images_of_many_classes_fit_without_sklearn_warnings() -> None:
@@ -159,6 +162,9 @@ def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path)
     assert cli("eval", str(data), "--shots", "2,x", *tiny_clip.args)[0] == EXIT_USAGE
     code, _, stderr = cli("eval", str(data), "--shots", "2", "-c", str(clf))  # a classifier file alone: no features
     assert code == EXIT_USAGE and "--shots fits probes on a model's features" in stderr
+    for command in (["eval", str(data), "--shots", "2"], ["probe", "fit", str(data), "-o", str(tmp_path / "p.clf")]):
+        code, _, stderr = cli(*command, "--seed", "-1", *tiny_clip.args)
+        assert code == EXIT_USAGE and "--seed" in stderr, stderr
 
 
 def test_a_probe_file_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
