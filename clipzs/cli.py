@@ -259,8 +259,8 @@ def classify(
                         advance()
             finally:
                 writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
-        if engine == "ray" and not ray_was_running:
-            _stop_ray()
+                if engine == "ray" and not ray_was_running:
+                    _stop_ray()  # on failure too
         if not quiet:
             console.print(
                 f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"
@@ -735,6 +735,7 @@ def serve(
 def _detach(console: Console, idle: float, models: int, options: list[str]) -> None:
     """Start ``clipzs serve`` in its own session, logging to the cache directory, and wait until it listens."""
     import subprocess
+    import time
 
     from clipzs import server
     from clipzs.cache import cache_dir
@@ -754,7 +755,7 @@ def _detach(console: Console, idle: float, models: int, options: list[str]) -> N
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
     while process.poll() is None and not server.ready(2):
-        pass  # (loading a model first takes a while)
+        time.sleep(0.05)  # (importing torch and loading a model first take a while; no socket until then)
     if process.poll() is not None:
         said = log_path.read_bytes()[start:].decode("utf-8", "replace").splitlines()
         errors = [line.removeprefix("clipzs: error: ") for line in said if line.startswith("clipzs: error: ")]

@@ -61,6 +61,19 @@ def test_the_actors_run_at_the_precision_asked_for_on_their_devices(
     assert refused.exit_code == EXIT_USAGE and "fp16 is for CUDA GPUs" in refused.stderr
 
 
+def test_a_failed_command_stops_the_ray_it_started(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clipzs import cli
+
+    stopped: list[bool] = []
+    monkeypatch.setattr(cli, "_ray_running", lambda: False)  # as if the command had started this Ray
+    monkeypatch.setattr(cli, "_stop_ray", lambda: stopped.append(True))
+    args = ["classify", str(_folder(photos, tmp_path)), "-l", "cat,rocket", "--no-cache", *rand_clip.args]
+    refused = CliRunner().invoke(app, [*args, "--precision", "fp16", "--engine", "ray"])
+    assert refused.exit_code == EXIT_USAGE and stopped == [True]
+
+
 def _folder(photos: list[Path], tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
