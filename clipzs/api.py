@@ -50,8 +50,6 @@ class ZeroShotClassifier:
     def __init__(self, model: LoadedModel, classifier: Classifier | None = None) -> None:
         self.model = model
         self.classifier = classifier
-        self.classifier_from_cache = False
-        """Whether the last ``build`` found its classifier in the cache instead of encoding prompts."""
 
     @classmethod
     def from_pretrained(
@@ -131,12 +129,10 @@ class ZeroShotClassifier:
         if use_cache and path.is_file():
             try:
                 self.classifier = Classifier.load(path)
-                self.classifier_from_cache = True
                 return self.classifier
             except ClassifierError:
                 pass  # a damaged cache entry is rebuilt and replaced below
         self.classifier = self._encode_classifier(label_objs, template_list, meta)
-        self.classifier_from_cache = False
         if use_cache:
             with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time, nothing else
                 self.classifier.save(path)
@@ -343,6 +339,7 @@ class ZeroShotClassifier:
         if geometry is not None:
             values = resolve([x for _, _, x in items], self.model.device, geometry, decode_on_cpu)
             items = [(path, key, value) for (path, key, _), value in zip(items, values, strict=True)]
+        assert not any(isinstance(x, JpegBytes) for _, _, x in items), "decoded above, or features would shift"
         images = [(key, x) for _, key, x in items if not isinstance(x, (Cached, ImageError, JpegBytes))]
         fresh: Iterator[torch.Tensor] = iter(())
         if images:

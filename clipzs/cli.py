@@ -24,7 +24,15 @@ from clipzs.config import (
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
 )
-from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_SKIPPED, EXIT_USAGE, ClipzsError, ClipzsWarning, UsageError
+from clipzs.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    ClipzsError,
+    ClipzsWarning,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -302,7 +310,8 @@ def _on_ray(
 
     from clipzs.ray_engine import classify_on_ray
 
-    if zsc.model.pixels is None or zsc.classifier is None:
+    assert zsc.classifier is not None
+    if zsc.model.pixels is None:
         raise UsageError(f"--engine ray needs the usual resize-and-crop preprocess; {zsc.model.name} differs")
     with tempfile.TemporaryDirectory() as tmp:
         classifier_file = Path(tmp, "classifier.clf")
@@ -320,7 +329,7 @@ def _on_ray(
             geometry=zsc.model.pixels.geometry,
             draft=zsc.model.draft,
             top_k=top_k,
-            batch_size=batch_size or 32,
+            batch_size=batch_size,
             workers=workers,
             parquet_folder=parquet_folder,
         )
@@ -896,7 +905,7 @@ def _errors() -> Iterator[Console]:
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("clipzs: interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except ImportError as e:  # a broken install (torch itself, say): the user can repair it
         console.print(f"clipzs: error: {e}: reinstall clipzs and its dependencies (pip install --force-reinstall ...)")
         raise typer.Exit(EXIT_USAGE) from None

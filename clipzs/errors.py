@@ -14,8 +14,12 @@ EXIT_USAGE = 2
 """A usage error: bad option, no images found, unknown model, unusable classifier or weights."""
 EXIT_SKIPPED = 3
 """Some inputs could not be read and were skipped; all the others were scored and written."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C: 128 + SIGINT, as the shell reports for other tools."""
 EXIT_BROKEN_PIPE = 141
 """The reader of stdout went away (``| head``): 128 + SIGPIPE, as the shell reports for other tools."""
+EXIT_TERMINATED = 143
+"""The resident server was stopped (SIGTERM) while it ran the command: 128 + SIGTERM."""
 
 
 class ClipzsError(Exception):

@@ -254,7 +254,7 @@ def can_trim_tokens(model: Any) -> bool:
     )
 
 
-def encode_tokens_trimmed(model: Any, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+def encode_tokens_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's ``CLIP.encode_text``, computed only up to the batch's longest prompt."""
     from open_clip.transformer import text_global_pool
 
@@ -271,7 +271,7 @@ def encode_tokens_trimmed(model: Any, tokens: torch.Tensor, normalize: bool = Tr
             if isinstance(model.text_projection, torch.nn.Linear)
             else x @ model.text_projection
         )
-    return torch.nn.functional.normalize(x, dim=-1) if normalize else x
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 _resident: collections.OrderedDict[tuple[Any, ...], dict[str, LoadedModel]] | None = None

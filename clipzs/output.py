@@ -47,9 +47,8 @@ def choose_format(requested: str | None, output_name: str | None, stdout_is_term
 
 
 def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> Writer:
-    """A writer of the format; ``header=False`` when appending to an output that already has one."""
-    if fmt == "parquet":
-        raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
+    """A writer of a stream's format (Parquet is a folder: ``ParquetWriter``); ``header=False`` when appending to
+    an output that already has one."""
     if fmt == "jsonl":
         return JsonlWriter(stream)
     if fmt == "csv":

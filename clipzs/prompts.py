@@ -28,13 +28,6 @@ class Label:
     name: str
     aliases: tuple[str, ...]
 
-    @property
-    def spec(self) -> str:
-        """The label written back in the syntax it is parsed from."""
-        if self.aliases == (self.name,):
-            return self.name
-        return f"{self.name}={'|'.join(self.aliases)}"
-
 
 def _prompts_dir() -> Path:
     """Built-in template sets: inside the installed package, or prompts/ beside it in a source checkout."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from clipzs.config import DEFAULT_BATCH_SIZE, GPU_BATCH_SIZE
 from clipzs.errors import UsageError
 from clipzs.images import Draft
 from clipzs.output import PARQUET_PART_ROWS, open_parquet_folder
@@ -145,7 +146,7 @@ def classify_on_ray(
     geometry: Any,
     draft: Draft | None,
     top_k: int,
-    batch_size: int,
+    batch_size: int | None = None,
     workers: int | None = None,
     parquet_folder: Path | None = None,
 ) -> Iterator[Prediction]:
@@ -174,16 +175,17 @@ def classify_on_ray(
 
     from clipzs.device import resolve_precision
 
-    resolve_precision(torch.device("cuda" if plan.num_gpus else "cpu"), model.get("precision", "auto"))
+    device = "cuda" if plan.num_gpus else "cpu"  # (the actors' device)
+    resolve_precision(torch.device(device), model.get("precision", "auto"))
     scored = build_dataset(
         paths,
         plan=plan,
-        model=model,
+        model={**model, "device": device},
         classifier=classifier_file.read_bytes(),
         geometry=geometry,
         draft=draft,
         top_k=top_k,
-        batch_size=batch_size,
+        batch_size=batch_size or (GPU_BATCH_SIZE if plan.num_gpus else DEFAULT_BATCH_SIZE),
     )
     if parquet_folder is None:
         for row in scored.iter_rows():
@@ -226,7 +228,7 @@ def build_dataset(
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
         fn_constructor_kwargs={
-            "model": {**model, "device": "cuda" if plan.num_gpus else "cpu"},
+            "model": model,
             "classifier": classifier,
             "top_k": top_k,
             "threads": plan.threads,

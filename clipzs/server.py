@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 from clipzs import __version__
 from clipzs.config import CACHE_ENV
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 FORWARDED = frozenset({"classify", "build-classifier", "eval", "probe", "sort"})
 """The commands that load a model, and so gain from a resident one."""
@@ -59,7 +60,6 @@ STOP = "stop"
 POLL_S = 1.0
 """How often an idle server looks whether its time is up and whether its socket is still its own (the cache
 folder may have been deleted, or another server listens there now): a server nobody can reach stops."""
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 MAX_SOCKET_PATH = 100  # bytes; AF_UNIX paths are limited to 104 (macOS) or 108 (Linux)
 _HEADER = struct.Struct(">cI")  # frame kind, payload length
 _READY, _STDOUT, _STDERR, _EXIT = b"r", b"o", b"e", b"x"
@@ -114,7 +114,7 @@ def forward(argv: Sequence[str]) -> int | None:
             return _relay(sock)
     except KeyboardInterrupt:  # before the server had the command, or while relaying to a blocked stdout
         print("clipzs: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _servable(argv: Sequence[str]) -> bool:
@@ -196,7 +196,7 @@ def _relay(sock: socket.socket) -> int:
             frame = _read_frame(sock)
             if frame is None:  # the server went away mid-command
                 print("clipzs: error: the clipzs server stopped during the command", file=sys.stderr)
-                return 1
+                return EXIT_FAILURE
             kind, payload = frame
             if kind == _EXIT:
                 return int(payload.decode())
@@ -208,7 +208,7 @@ def _relay(sock: socket.socket) -> int:
                 from clipzs.output import silence
 
                 silence(stream)
-                return 141
+                return EXIT_BROKEN_PIPE
         except KeyboardInterrupt:
             if interrupted:
                 raise
@@ -482,11 +482,11 @@ def _handle(conn: socket.socket, me: bytes, log: TextIO) -> bool:
         return False
     started = time.perf_counter()
     code, interrupted = _run(conn, request, stdin)
-    if interrupted and code == 130:
+    if interrupted and code == EXIT_INTERRUPTED:
         _Watch.pending = False  # the command got it
     argv = " ".join(request["argv"])
     print(f"clipzs serve: {argv[:200]} -> exit {code} in {time.perf_counter() - started:.2f} s", file=log, flush=True)
-    if code == 130 and not interrupted:  # Ctrl-C on the server itself, not a client hanging up
+    if code == EXIT_INTERRUPTED and not interrupted:  # Ctrl-C on the server itself, not a client hanging up
         raise KeyboardInterrupt
     return True
 
@@ -508,7 +508,7 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
     out, err = request["streams"]
     channels = [_Channel(conn, kind, bool(s.get("tty")), lock) for kind, s in ((_STDOUT, out), (_STDERR, err))]
     stdout, stderr = _text_stream(channels[0], out), _text_stream(channels[1], err)
-    code = 1
+    code = EXIT_FAILURE
     watch = _Watch(conn)
     try:
         with _client_context(request, stdin, stdout, stderr):
@@ -519,7 +519,7 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
                 with contextlib.suppress(OSError, ValueError):  # a client gone (| head) already has its status
                     stream.flush()
     except KeyboardInterrupt:  # the client hung up just as the command ended
-        code = 130
+        code = EXIT_INTERRUPTED
     except _Terminated:
         with contextlib.suppress(OSError, ValueError):
             stderr.write("clipzs: error: the clipzs server was stopped during the command\n")
@@ -527,7 +527,7 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
             conn.sendall(_frame(_EXIT, str(EXIT_TERMINATED).encode()))
         raise
     except Exception as e:  # noqa: BLE001 - e.g. the client's folder is gone, or so is the client
-        code = 1
+        code = EXIT_FAILURE
         with contextlib.suppress(OSError, ValueError):
             stderr.write(f"clipzs: error: the clipzs server could not run the command: {e}\n")
     finally:
@@ -548,12 +548,12 @@ def _invoke(argv: list[str]) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         print("clipzs: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - a bug: report it as the client's own process would, and keep serving
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     return 0
 
 

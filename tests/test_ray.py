@@ -6,12 +6,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from clipzs import ray_engine
 from clipzs.cli import app
+from clipzs.config import DEFAULT_BATCH_SIZE, GPU_BATCH_SIZE
 from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE
 from clipzs.ray_engine import TASK_CPUS, ActorPlan, plan_actors
 from tests.conftest import ModelFiles, jsonl
@@ -127,6 +129,25 @@ def test_decoding_runs_in_tasks_of_its_own(workers: int, capsys: pytest.CaptureF
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(_Scorer)]" in optimized, optimized
     assert "TaskPoolMapOperator[MapBatches(_decode)]" in optimized
+
+
+@pytest.mark.parametrize(("gpus", "device", "batch"), [(0.0, "cpu", DEFAULT_BATCH_SIZE), (1.0, "cuda", GPU_BATCH_SIZE)])
+def test_actors_get_their_devices_default_batch_size(
+    gpus: float, device: str, batch: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: dict[str, Any] = {}
+
+    class Nothing:
+        def iter_rows(self) -> Iterator[dict[str, Any]]:
+            return iter(())
+
+    monkeypatch.setattr(ray_engine, "plan_actors", lambda nodes, workers: ActorPlan(1, 1.0, gpus, None))
+    monkeypatch.setattr(ray_engine, "build_dataset", lambda paths, **kwargs: built.update(kwargs) or Nothing())
+    (tmp_path / "c.clf").write_bytes(b"")
+    found = ray_engine.classify_on_ray(
+        [Path("a.jpg")], model={}, classifier_file=tmp_path / "c.clf", geometry=None, draft=None, top_k=1
+    )
+    assert list(found) == [] and built["batch_size"] == batch and built["model"]["device"] == device
 
 
 def test_ray_writes_the_parquet_parts_itself(
