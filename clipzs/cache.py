@@ -77,7 +77,7 @@ def key_of(fields: dict[str, Any]) -> str:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, remembered in the cache by the file's resolved path and ``file_version``."""
-    memo = cache_dir() / "fingerprints" / key_of({"path": str(path.resolve()), "version": file_version(path)})
+    memo = cache_dir() / "fingerprints" / key_of({"path": str(path.resolve()), "version": file_version(path.stat())})
     try:
         return memo.read_text().strip()
     except OSError:
@@ -92,10 +92,10 @@ def file_sha256(path: Path) -> str:
     return hexdigest
 
 
-def file_version(path: Path) -> tuple[int, int, int]:
+def file_version(status: os.stat_result) -> tuple[int, int, int]:
     """What ``stat`` says of a file's version: size, mtime and ctime. Tools that copy a file's mtime (``cp -p``,
-    ``rsync -a``, ``tar``) cannot set its ctime, so a file replaced so is a new version too."""
-    status = path.stat()
+    ``rsync -a``, ``tar``) cannot set its ctime, so a file replaced so is a new version too. Not the inode
+    number, which FAT file systems (memory cards) give anew at each mount."""
     return (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 

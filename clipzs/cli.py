@@ -452,7 +452,7 @@ def evaluate(
         _check_precision(device, precision)
         runs: list[Run] = []
         skipped: list[tuple[Path, str]] = []
-        pairs = _model_pairs(model, pretrained, model_config) if measures_model else []
+        pairs = _model_pairs(model, pretrained) if measures_model else []
         for model_name, weights in pairs:
             zsc = ZeroShotClassifier.from_pretrained(
                 model_name, weights, model_config=model_config, device=device, precision=precision
@@ -649,11 +649,9 @@ def probe_fit(
             raise typer.Exit(EXIT_SKIPPED)
 
 
-def _model_pairs(
-    models: list[str] | None, weights: list[str] | None, model_config: Path | None
-) -> list[tuple[str | None, str]]:
+def _model_pairs(models: list[str] | None, weights: list[str] | None) -> list[tuple[str | None, str]]:
     """Pair each --model with its --pretrained (one of either is used for all)."""
-    names: list[str | None] = list(models) if models else [None if model_config else DEFAULT_MODEL]
+    names: list[str | None] = list(models) if models else [None]
     tags = list(weights) if weights else [DEFAULT_PRETRAINED]
     if len(names) != len(tags) and 1 not in (len(names), len(tags)):
         raise UsageError(f"{len(names)} --model but {len(tags)} --pretrained: give one of each per model")
@@ -781,7 +779,7 @@ def _load_model(
 
     _check_precision(device, precision)
     return ZeroShotClassifier.from_pretrained(
-        model or (None if model_config else DEFAULT_MODEL),
+        model,
         pretrained or DEFAULT_PRETRAINED,
         model_config=model_config,
         device=device,

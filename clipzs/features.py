@@ -1,12 +1,9 @@
 """The image-feature cache: one SQLite file, rows keyed by file identity and by what encoded them.
 
-A row holds the L2-normalised features of one image file, keyed by its resolved path and what ``stat`` says of
-its version: size, mtime and ctime (a changed file misses and is re-encoded; ctime, which no tool can set
-back, catches a file replaced by one of the same size with its old mtime kept, as ``cp -p`` or ``rsync -a``
-do; not the inode number, which FAT file systems, as on memory cards, give anew at each mount), and by the
-encoder key (the model's fingerprint and everything else that changes the numbers: precision, decoding). Each
-batch is written in one transaction, so a run killed at any moment leaves every row whole: SQLite's journal
-takes care of that.
+A row holds the L2-normalised features of one image file, keyed by its resolved path and its version as
+``stat`` says it (``cache.file_version``: a changed file misses and is re-encoded), and by the encoder key (the
+model's fingerprint and everything else that changes the numbers: precision, decoding). Each batch is written
+in one transaction, so a run killed at any moment leaves every row whole: SQLite's journal takes care of that.
 
 The cache only ever saves work, so it never stops a run: a damaged database file is replaced by a new one, and
 a cache that cannot be opened or written (a read-only folder, a full disk) is left alone for the rest of the
@@ -27,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipzs.cache import file_version
 from clipzs.errors import CacheWarning
 
 SCHEMA_VERSION = 3
@@ -56,7 +54,7 @@ class FileKey:
             resolved.encode("utf-8")
         except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
             return None
-        return cls(resolved, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        return cls(resolved, *file_version(status))
 
 
 class FeatureCache:

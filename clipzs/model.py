@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from clipzs.cache import file_sha256, file_version, key_of
+from clipzs.config import DEFAULT_MODEL
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
 from clipzs.images import Draft
@@ -301,8 +302,11 @@ def load_model(
     ``pretrained`` is an open_clip tag (downloaded from the hub on first use, then read from its cache) or
     the path of a local checkpoint (a state dict saved with torch.save, or safetensors). ``model_config`` is
     a custom open_clip model config JSON; the model is then named after the file unless ``name`` is given.
-    ``precision``: how the image tower computes (``LoadedModel.with_precision``).
+    With neither a name nor a config, the model is clipzs's default. ``precision``: how the image tower
+    computes (``LoadedModel.with_precision``).
     """
+    if not name and model_config is None:
+        name = DEFAULT_MODEL
     if _resident is None:
         return _load_model(name, pretrained, model_config=model_config, device=device).with_precision(precision)
     weights = _file_state(pretrained)  # a file is known by what it resolves to, however it is written
@@ -335,7 +339,7 @@ def _file_state(path: str | os.PathLike[str] | None) -> tuple[str, tuple[int, in
     if path is None:
         return None
     try:
-        return (str(Path(path).expanduser().resolve()), file_version(Path(path).expanduser()))
+        return (str(Path(path).expanduser().resolve()), file_version(Path(path).expanduser().stat()))
     except OSError:
         return None
 
@@ -353,8 +357,7 @@ def _load_model(
         config_path = Path(model_config)
         _check_model_config(config_path)
         name = name or config_path.stem
-    if not name:
-        raise UsageError("no model given")
+    assert name
     with _config_registered(config_path):
         return _build(open_clip, name, pretrained, config_path, device)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clipzs import __version__
+from clipzs.cache import file_version
 from clipzs.config import CACHE_ENV
 from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -85,8 +86,7 @@ def _code_stamp() -> list[list[object]]:
     with contextlib.suppress(OSError):
         for entry in sorted(os.scandir(Path(__file__).parent), key=lambda e: e.name):
             if entry.name.endswith(".py"):
-                status = entry.stat()
-                stamp.append([entry.name, status.st_size, status.st_mtime_ns])
+                stamp.append([entry.name, *file_version(entry.stat())])
     return stamp
 
 

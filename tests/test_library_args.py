@@ -135,3 +135,11 @@ def test_label_objects_are_built_as_given(tiny: ZeroShotClassifier) -> None:
     assert tiny.build(["AC|DC"], "simple").labels == (Label("AC", ("AC", "DC")),)
     with pytest.raises(UsageError, match="not empty"):
         tiny.build([Label("cat", ())], "simple")
+
+
+def test_a_custom_config_names_its_model_unless_a_name_is_given(tiny_clip: Any) -> None:
+    """As --model-config does: no name needed, and the default model's name is not taken for the config's."""
+    zsc = ZeroShotClassifier.from_pretrained(
+        pretrained=str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
+    )
+    assert zsc.model.name == tiny_clip.config.stem == "tiny-clip"
