@@ -26,7 +26,8 @@ BIAS_NAME = "bias"
 
 @dataclass(frozen=True)
 class Classifier:
-    """Class vectors W [D, C] (L2-normalised columns) and the labels they stand for, in order."""
+    """Class vectors W [D, C] and the labels they stand for, in order: L2-normalised columns for zero-shot; a
+    probe's or a blend's fitted weights, with a ``bias``, for trained classifiers."""
 
     weights: torch.Tensor
     labels: tuple[Label, ...]

@@ -1,4 +1,5 @@
-"""The clipzs command line: parse options, call the library, render results. Nothing else lives here.
+"""The clipzs command line: parse options, check them (and where output goes) before the model loads, call the
+library, render results.
 
 torch and open_clip are imported only inside the commands that need them, so --help and --version are instant.
 """
@@ -231,7 +232,7 @@ def classify(
             _refuse_overwriting(output, *_model_files(zsc))
         _warn_one_label(console, zsc)
         _check_same_labels(done, zsc, output)
-        skipped = 0
+        skipped = _Skips(console)
         ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
         if appending and chosen == "csv" and output is not None:
             before = csv_ranks(output)  # rows appended must have the columns of the header already there
@@ -259,11 +260,8 @@ def classify(
                         predictions = zsc.classify_paths(
                             paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache
                         )
-                    for prediction in predictions:
+                    for prediction in skipped.reported(predictions):
                         writer.write(prediction)
-                        if prediction.error is not None:
-                            skipped += 1
-                            _report_skipped(console, prediction.path, prediction.error)
                         advance()
             finally:
                 writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
@@ -271,10 +269,10 @@ def classify(
                     _stop_ray()  # on failure too
         if not quiet:
             console.print(
-                f"clipzs: scored {len(paths) - skipped} of {len(paths)} images"
-                + (f", skipped {skipped}" if skipped else "")
+                f"clipzs: scored {len(paths) - skipped.count} of {len(paths)} images"
+                + (f", skipped {skipped.count}" if skipped.count else "")
             )
-        if skipped:
+        if skipped.count:
             raise typer.Exit(EXIT_SKIPPED)
 
 
@@ -551,17 +549,8 @@ def sort_images(
                 f"a label named {sorting.UNSORTED!r} would share the folder of images scoring below --min-score: "
                 "rename the label"
             )
-        skipped = 0
-
-        def readable(predictions: Iterator[Prediction]) -> Iterator[Prediction]:
-            nonlocal skipped
-            for prediction in predictions:
-                if prediction.error is not None:
-                    skipped += 1
-                    _report_skipped(console, prediction.path, prediction.error)
-                yield prediction
-
-        steps = sorting.plan(readable(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
+        skipped = _Skips(console)
+        steps = sorting.plan(skipped.reported(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
         done = steps if dry_run else sorting.apply(steps, manifest or dest / "clipzs-manifest.jsonl")
         count = 0
         for step in done:
@@ -570,7 +559,7 @@ def sort_images(
         verb = "would sort" if dry_run else f"sorted ({mode})"
         if not quiet:
             console.print(f"clipzs: {verb} {count} of {len(paths)} images into {dest}")
-        if skipped:
+        if skipped.count:
             raise typer.Exit(EXIT_SKIPPED)
 
 
@@ -862,6 +851,21 @@ def _warn_one_label(console: Console, zsc: ZeroShotClassifier) -> None:
             f"clipzs: warning: one label, so every image scores 1.0 (scores are shared out among the labels); "
             f"name the alternatives too, e.g. -l '{name},something else'"
         )
+
+
+class _Skips:
+    """Each input that could not be read, said as its prediction passes by, and counted."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.count = 0
+
+    def reported(self, predictions: Iterable[Prediction]) -> Iterator[Prediction]:
+        for prediction in predictions:
+            if prediction.error is not None:
+                self.count += 1
+                _report_skipped(self.console, prediction.path, prediction.error)
+            yield prediction
 
 
 def _report_skipped(console: Console, path: str, reason: str) -> None:

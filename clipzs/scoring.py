@@ -1,6 +1,7 @@
 """The math of zero-shot classification: pure functions on tensors, no IO.
 
-Shapes: image features F [N, D], classifier weights W [D, C], both L2-normalised per vector.
+Shapes: image features F [N, D] (L2-normalised), classifier weights W [D, C] (L2-normalised columns for
+zero-shot; a trained classifier's weights are as fitted, with a bias).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def logits(
     logit_scale: float,
     logit_bias: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scaled cosine similarities [N, C]; ``logit_scale`` is the model's learned temperature, exp'd.
+    """Logits [N, C]: for zero-shot, cosine similarities scaled by ``logit_scale``, the model's learned
+    temperature, exp'd (1 for a trained classifier).
 
     ``logit_bias``: SigLIP's learned scalar, or a trained classifier's bias per class [C]."""
     out = logit_scale * (image_features @ weights)
