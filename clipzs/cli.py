@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Optional, TextIO
 
@@ -225,9 +226,8 @@ def classify(
 
             check_precision_name(precision)  # the actors check it against their own devices
         here = precision if engine == "local" else "auto"  # this process only encodes the prompts
-        zsc = _classifier(
-            classifier, labels, labels_file, templates, model, pretrained, model_config, device, here, no_cache
-        )
+        options = _ModelOptions(model, pretrained, model_config, device, here)
+        zsc = _classifier(options, classifier, labels, labels_file, templates, no_cache)
         if output is not None:  # (a classifier file names the weights it was built with)
             _refuse_overwriting(output, *_model_files(zsc))
         _warn_one_label(console, zsc)
@@ -359,7 +359,7 @@ def build_classifier(
     with _errors() as console:
         _check_output_place(output, folder=False)
         _refuse_overwriting(output, *_files_read(None, labels_file, templates, pretrained, model_config))
-        zsc = _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache)
+        zsc = _build(_ModelOptions(model, pretrained, model_config, device), labels, labels_file, templates, no_cache)
         assert zsc.classifier is not None
         zsc.classifier.save(output)
         meta = zsc.classifier.meta
@@ -539,9 +539,8 @@ def sort_images(
         paths = [p for p in discover([str(src)], sys.stdin.buffer if str(src) == "-" else None) if p.exists()]
         if not paths:
             raise UsageError(f"no images found in {src}")
-        zsc = _classifier(
-            classifier, labels, labels_file, templates, model, pretrained, model_config, device, precision, no_cache
-        )
+        options = _ModelOptions(model, pretrained, model_config, device, precision)
+        zsc = _classifier(options, classifier, labels, labels_file, templates, no_cache)
         _warn_one_label(console, zsc)
         names = zsc.classifier.names if zsc.classifier else ()
         if min_score > 0 and any(sorting.folder_name(n).casefold() == sorting.UNSORTED for n in names):
@@ -615,7 +614,7 @@ def probe_fit(
             *_among(dataset.paths, output, "one of the dataset's images"),
         )
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
-        zsc = _load_model(model, pretrained, model_config, device, precision)
+        zsc = _ModelOptions(model, pretrained, model_config, device, precision).load()
         blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
         if shots:
             counts = Counter(dataset.targets)
@@ -722,7 +721,7 @@ def serve(
             return
         try:
             server.serve(
-                idle * 60, models, (lambda: _load_model(model, pretrained, model_config, device)) if preloaded else None
+                idle * 60, models, _ModelOptions(model, pretrained, model_config, device).load if preloaded else None
             )
         except (OSError, RuntimeError) as e:
             raise UsageError(str(e)) from e
@@ -760,20 +759,42 @@ def _detach(console: Console, idle: float, models: int, options: list[str]) -> N
     console.print(f"clipzs: server {process.pid} ready on {server.socket_path()}; log: {log_path}")
 
 
-def _load_model(
-    model: str | None, pretrained: str | None, model_config: Path | None, device: str, precision: str = "auto"
-) -> ZeroShotClassifier:
-    """The model the options name: a custom config names its own model; otherwise the defaults fill in."""
-    from clipzs.api import ZeroShotClassifier
+@dataclass(frozen=True)
+class _ModelOptions:
+    """--model, --pretrained, --model-config, --device and --precision as a command was given them."""
 
-    _check_precision(device, precision)
-    return ZeroShotClassifier.from_pretrained(
-        model,
-        pretrained or DEFAULT_PRETRAINED,
-        model_config=model_config,
-        device=device,
-        precision=precision,
-    )
+    name: str | None
+    pretrained: str | None
+    config: Path | None
+    device: str = "auto"
+    precision: str = "auto"
+
+    def load(self) -> ZeroShotClassifier:
+        """The model the options name: a custom config names its own model; otherwise the defaults fill in."""
+        from clipzs.api import ZeroShotClassifier
+
+        _check_precision(self.device, self.precision)
+        return ZeroShotClassifier.from_pretrained(
+            self.name,
+            self.pretrained or DEFAULT_PRETRAINED,
+            model_config=self.config,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def load_with(self, classifier: Path) -> ZeroShotClassifier:
+        """A classifier file with the model it was built for (or the one the options name, which must match)."""
+        from clipzs.api import ZeroShotClassifier
+
+        _check_precision(self.device, self.precision)
+        return ZeroShotClassifier.from_classifier_file(
+            classifier,
+            model=self.name,
+            pretrained=self.pretrained,
+            model_config=self.config,
+            device=self.device,
+            precision=self.precision,
+        )
 
 
 def _check_precision(device: str, precision: str) -> None:
@@ -792,45 +813,28 @@ def _check_precision(device: str, precision: str) -> None:
 
 
 def _classifier(
+    model: _ModelOptions,
     classifier: Path | None,
     labels: str | None,
     labels_file: Path | None,
     templates: str | None,
-    model: str | None,
-    pretrained: str | None,
-    model_config: Path | None,
-    device: str,
-    precision: str,
     no_cache: bool,
 ) -> ZeroShotClassifier:
     """A classifier file with its model, or one built from labels and templates."""
     if classifier is None:
-        return _build(labels, labels_file, templates, model, pretrained, model_config, device, no_cache, precision)
-    from clipzs.api import ZeroShotClassifier
-
-    _check_precision(device, precision)
-    return ZeroShotClassifier.from_classifier_file(
-        classifier, model=model, pretrained=pretrained, model_config=model_config, device=device, precision=precision
-    )
+        return _build(model, labels, labels_file, templates, no_cache)
+    return model.load_with(classifier)
 
 
 def _build(
-    labels: str | None,
-    labels_file: Path | None,
-    templates: str | None,
-    model: str | None,
-    pretrained: str | None,
-    model_config: Path | None,
-    device: str,
-    no_cache: bool,
-    precision: str = "auto",
+    model: _ModelOptions, labels: str | None, labels_file: Path | None, templates: str | None, no_cache: bool
 ) -> ZeroShotClassifier:
     """Parse labels and templates first (cheap, likely to be mistyped), then load the model and build."""
     from clipzs.prompts import load_templates
 
     parsed = _labels(labels, labels_file)
     template_list = load_templates(templates or DEFAULT_TEMPLATES)
-    zsc = _load_model(model, pretrained, model_config, device, precision)
+    zsc = model.load()
     zsc.build(parsed, template_list, use_cache=not no_cache)
     return zsc
 

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clipzs import __version__
-from clipzs.cache import file_version
 from clipzs.config import CACHE_ENV
 from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -81,12 +80,15 @@ def identity() -> dict[str, Any]:
 
 def _code_stamp() -> list[list[object]]:
     """The version of clipzs's own code files as ``stat`` says it: a server started before clipzs was updated
-    in place (a git pull in an editable install, say) runs the old code, so commands run in their own process."""
+    in place (a git pull in an editable install, say) runs the old code, so commands run in their own process.
+    Size and mtime, not ctime as ``cache.file_version``: a chmod or a restored mtime changes the ctime of code that
+    is the same, and would retire the server for good."""
     stamp: list[list[object]] = []
     with contextlib.suppress(OSError):
         for entry in sorted(os.scandir(Path(__file__).parent), key=lambda e: e.name):
             if entry.name.endswith(".py"):
-                stamp.append([entry.name, *file_version(entry.stat())])
+                status = entry.stat()
+                stamp.append([entry.name, status.st_size, status.st_mtime_ns])
     return stamp
 
 
