@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,10 +39,20 @@ class ModelFiles:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own cache directory and never touches the user's or the network."""
+    """Each test gets its own cache directory and never touches the user's or the network: the user's model
+    downloads (Hugging Face's cache, ~/.cache/clip) and settings (a Ray cluster, no server) do not leak in."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CLIPZS_CACHE_DIR", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / ".cache" / "huggingface" / "hub"))
+    if "huggingface_hub.constants" in sys.modules:  # (it reads the environment once, when imported)
+        monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_CACHE", os.environ["HF_HUB_CACHE"])
+    for name in ("RAY_ADDRESS", "CLIPZS_NO_SERVER"):
+        monkeypatch.delenv(name, raising=False)
     return cache
 
 
