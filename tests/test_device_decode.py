@@ -6,6 +6,7 @@ import io
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,17 +19,37 @@ from tests.corpus import write_bad_inputs, write_tricky_images
 from tests.test_tiny_clip import MIN_ACCURACY, drawn_folder
 
 
-def test_device_decoding_keeps_top_1(tiny: ZeroShotClassifier, tmp_path: Path) -> None:
+@pytest.fixture
+def sent_to_device(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files handed to the device decoder (else both sides of a comparison could be the CPU's)."""
+    from clipzs import device_decode
+
+    sent: list[str] = []
+    decode = device_decode.decode_batch
+
+    def counted(jpegs: Any, *args: Any) -> Any:
+        sent.extend(jpeg.path.name for jpeg in jpegs)
+        return decode(jpegs, *args)
+
+    monkeypatch.setattr(device_decode, "decode_batch", counted)
+    return sent
+
+
+def test_device_decoding_keeps_top_1(tiny: ZeroShotClassifier, tmp_path: Path, sent_to_device: list[str]) -> None:
     truth = drawn_folder(tmp_path / "shapes", per_class=5, seed=21, size=96, fmt="jpg")
     paths = list(truth)
     on_device = list(tiny.classify_paths(paths, use_cache=False, device_decode=True))
+    assert sorted(sent_to_device) == sorted(p.name for p in paths)
     on_cpu = list(tiny.classify_paths(paths, use_cache=False, device_decode=False))
+    assert len(sent_to_device) == len(paths)
     assert [p.label for p in on_device] == [p.label for p in on_cpu]
     assert max(abs(a.score - b.score) for a, b in zip(on_device, on_cpu, strict=True)) < 0.05  # type: ignore[operator]
     assert sum(p.label == truth[Path(p.path)] for p in on_device) / len(paths) >= MIN_ACCURACY
 
 
-def test_what_the_device_cannot_do_exactly_goes_to_the_cpu(tiny: ZeroShotClassifier, tmp_path: Path) -> None:
+def test_what_the_device_cannot_do_exactly_goes_to_the_cpu(
+    tiny: ZeroShotClassifier, tmp_path: Path, sent_to_device: list[str]
+) -> None:
     """Rotated, CMYK, PNG, corrupt: decoded (or reported) by the CPU path, with the same answers and reasons."""
     tricky = write_tricky_images(tmp_path / "tricky")
     bad = write_bad_inputs(tmp_path / "bad")
@@ -36,6 +57,9 @@ def test_what_the_device_cannot_do_exactly_goes_to_the_cpu(tiny: ZeroShotClassif
     assert read_jpeg(next(p for p in tricky if p.name == "cmyk.jpg")) is None
     paths = [*tricky, *bad]
     on_device = list(tiny.classify_paths(paths, use_cache=False, device_decode=True))
+    assert "UPPER.JPG" in sent_to_device  # a plain JPEG
+    assert not {"exif-rotated.jpg", "cmyk.jpg"} & set(sent_to_device)
+    assert not [name for name in sent_to_device if not name.lower().endswith((".jpg", ".jpeg"))]
     on_cpu = list(tiny.classify_paths(paths, use_cache=False, device_decode=False))
     assert [(p.path, p.error) for p in on_device] == [(p.path, p.error) for p in on_cpu]
     assert sum(p.error is not None for p in on_device) == len(bad)
