@@ -57,15 +57,24 @@ def test_aliases_and_label_order_do_not_matter(tiny_clip: ModelFiles, tmp_path: 
     assert correct / len(records) >= MIN_ACCURACY
 
 
-def test_reduced_scale_jpeg_decoding_keeps_top_1(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+def test_reduced_scale_jpeg_decoding_keeps_top_1(
+    tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Large JPEGs decoded at 1/8 scale give the same top-1 as decoding them whole."""
+    from clipzs import api
+
     truth = drawn_folder(tmp_path / "big", per_class=4, seed=11, size=1024, fmt="jpg")
     zsc = ZeroShotClassifier.from_pretrained(
         None, str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
     )
     zsc.build(CLASSES, "simple")
+    drafts: list[object] = []
+    load = api.load_image
+    monkeypatch.setattr(api, "load_image", lambda path, draft=None: drafts.append(draft) or load(path, draft=draft))
     fast = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=True)]
+    assert drafts == [zsc.model.draft] * len(truth) and zsc.model.draft is not None  # the pipeline drafts
     exact = [p.label for p in zsc.classify_paths(list(truth), use_cache=False, fast_decode=False)]
+    assert drafts[len(truth) :] == [None] * len(truth)
     assert fast == exact
     assert sum(label == truth[p] for label, p in zip(fast, truth, strict=True)) / len(truth) >= MIN_ACCURACY
 
