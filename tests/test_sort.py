@@ -113,19 +113,20 @@ def test_odd_file_names_are_sorted_and_undone(tiny_clip: ModelFiles, tmp_path: P
 
 def test_min_score_sends_doubtful_images_to_unsorted(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     photo_tree(tmp_path / "src")
-    code, _, _ = sort(
-        str(tmp_path / "src"),
-        str(tmp_path / "dest"),
-        "-l",
-        ",".join(SHAPES),
-        "--min-score",
-        "1.01",
-        "--mode",
-        "link",
-        *tiny_clip.args,
-    )
-    assert code == EXIT_OK and {Path(f).parent.name for f in files(tmp_path / "dest")} == {"unsorted"}
-    assert all(p.is_symlink() for p in (tmp_path / "dest" / "unsorted").iterdir())
+    labels = "red circle,red square"  # two labels for three shapes: scores spread out (0.93 to 0.998)
+    args = [str(tmp_path / "src"), str(tmp_path / "dest"), "-l", labels, *tiny_clip.args]
+    code, plan, _ = sort(*args, "--dry-run")
+    scores = sorted(json.loads(line)["score"] for line in plan.splitlines())
+    threshold = (scores[2] + scores[3]) / 2  # three above, three below
+    assert scores[2] < threshold < scores[3]
+    code, stdout, _ = sort(*args, "--min-score", str(threshold), "--mode", "link")
+    steps = [json.loads(line) for line in stdout.splitlines()]
+    assert code == EXIT_OK and len(steps) == 6
+    for step in steps:
+        expected = folder_name(step["label"]) if step["score"] >= threshold else "unsorted"
+        assert Path(step["destination"]).parent.name == expected, step
+        assert Path(step["destination"]).is_symlink()
+    assert sum(Path(step["destination"]).parent.name == "unsorted" for step in steps) == 3
 
 
 def test_undo_of_an_interrupted_sort(tiny_clip: ModelFiles, tmp_path: Path) -> None:
