@@ -34,9 +34,12 @@ def test_help_and_version_do_not_import_torch() -> None:
     code = "import sys, clipzs, clipzs.cli; print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    for flag in ("--version", "-V"):
-        version = subprocess.run([sys.executable, "-m", "clipzs", flag], capture_output=True, text=True)
-        assert version.returncode == 0 and version.stdout.startswith("clipzs "), flag
+    for args in (["--version"], ["-V"], ["--help"], ["classify", "--help"], ["eval", "--help"]):
+        command = [sys.executable, "-X", "importtime", "-m", "clipzs", *args]
+        run = subprocess.run(command, capture_output=True, text=True)
+        assert run.returncode == 0 and ("Usage:" in run.stdout if "--help" in args else "clipzs " in run.stdout), args
+        imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+        assert not {"torch", "open_clip", "numpy"} & imported, args
 
 
 def test_pipeline_through_a_real_process(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
