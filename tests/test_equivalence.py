@@ -126,10 +126,11 @@ def test_real_architecture_vit_b_32(photos: list[Path], tmp_path: Path) -> None:
     ("model_fixture", "trimmed"), [("rand_clip", True), ("rand_sigmoid", True), ("rand_nocausal", False)]
 )
 def test_text_features_trimmed_to_the_longest_prompt_are_unchanged(
-    model_fixture: str, trimmed: bool, request: pytest.FixtureRequest
+    model_fixture: str, trimmed: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prompts of very different lengths, encoded together: each equals open_clip's full 77-token encoding."""
-    from clipzs.model import can_trim_tokens, load_model
+    from clipzs import model
+    from clipzs.model import can_trim_tokens, last_token_index, load_model
 
     files: ModelFiles = request.getfixturevalue(model_fixture)
     loaded = load_model(None, str(files.checkpoint), model_config=files.config, device="cpu")
@@ -138,7 +139,13 @@ def test_text_features_trimmed_to_the_longest_prompt_are_unchanged(
     texts = [*texts, *(f"a photo of number {i}!" for i in range(300))]  # more than one batch
     with torch.no_grad():
         expected = loaded.model.encode_text(loaded.tokenizer(texts), normalize=True)
+    widths: list[int] = []  # each trimmed batch's width: its longest prompt
+    trim = model.encode_tokens_trimmed
+    monkeypatch.setattr(
+        model, "encode_tokens_trimmed", lambda m, t: widths.append(int(last_token_index(t).max()) + 1) or trim(m, t)
+    )
     assert (loaded.encode_text(texts) - expected).abs().max().item() <= 1e-5
+    assert (len(widths) > 1 and max(widths) < 77) if trimmed else widths == []
 
 
 def test_split_preprocess_is_bit_exact(rand_clip: ModelFiles, photos: list[Path]) -> None:
