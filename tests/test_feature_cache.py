@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -94,25 +95,36 @@ def test_rows_are_keyed_by_file_identity_and_encoder(tmp_path: Path) -> None:
     assert cache.get_many([FileKey.of(image)]) == {}  # type: ignore[list-item]
 
 
-def test_a_killed_run_leaves_a_usable_cache(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+def test_a_killed_run_leaves_a_usable_cache(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL in the middle of a run: the next run reads what was written and completes the rest, unchanged."""
+    import sqlite3
+
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(120):
+    for i in range(80):
         shutil.copyfile(photos[i % len(photos)], folder / f"img{i}.jpg")
-    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "clipzs", "classify", str(folder), "-l", "cat,rocket", "-b", "4", *rand_clip.args]
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}  # (the cache of this test's own commands)
+    args = ["classify", str(folder), "-l", "cat,rocket", "-b", "4", "-f", "jsonl", *rand_clip.args]
+    command = [sys.executable, "-m", "clipzs", *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     assert proc.stdout is not None
     for _ in range(20):
         proc.stdout.readline()
+    assert proc.poll() is None  # killed mid-run, not after
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    database = tmp_path / "cache" / "features.sqlite3"
-    assert database.exists()
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == EXIT_OK, again.stderr
-    uncached = subprocess.run([*command, "--no-cache"], capture_output=True, text=True, env=env, timeout=300)
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache" / "features.sqlite3")) as db:
+        kept = db.execute("select count(*) from features").fetchone()[0]
+    assert 20 <= kept < 80  # the rows of the results written, at least
+    encoded: list[int] = []
+    encode = LoadedModel.encode_prepared
+    monkeypatch.setattr(LoadedModel, "encode_prepared", lambda zsc, x: encoded.append(len(x)) or encode(zsc, x))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == EXIT_OK, again.output
+    assert sum(encoded) == 80 - kept  # the rest, and only the rest
+    uncached = CliRunner().invoke(app, [*args, "--no-cache"])
     assert jsonl(again.stdout) == jsonl(uncached.stdout)
 
 
