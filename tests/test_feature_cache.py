@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,7 +121,12 @@ def test_a_killed_run_leaves_a_usable_cache(
     assert 20 <= kept < 80  # the rows of the results written, at least
     encoded: list[int] = []
     encode = LoadedModel.encode_prepared
-    monkeypatch.setattr(LoadedModel, "encode_prepared", lambda zsc, x: encoded.append(len(x)) or encode(zsc, x))
+
+    def counted(model: LoadedModel, items: list[Any]) -> Any:
+        encoded.append(len(items))
+        return encode(model, items)
+
+    monkeypatch.setattr(LoadedModel, "encode_prepared", counted)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == EXIT_OK, again.output
     assert sum(encoded) == 80 - kept  # the rest, and only the rest
@@ -193,14 +199,14 @@ def test_a_cache_that_fails_mid_run_is_left_and_nothing_is_lost(
 
 
 WORKER = """
-import sys, time, warnings
+import sys, warnings
 import numpy as np
 from pathlib import Path
 from clipzs.features import FeatureCache, FileKey
 
-database, me, start = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-while time.time() < start:
-    pass
+database, me = Path(sys.argv[1]), int(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.read()  # the barrier: every worker is started and imported; go when stdin closes
 with warnings.catch_warnings(record=True) as seen:
     warnings.simplefilter("always")
     cache = FeatureCache.open(database, "encoder")
@@ -213,25 +219,48 @@ print(sum("replaced it" in str(w.message) for w in seen))
 @pytest.mark.parametrize("damaged", [False, True])
 def test_processes_opening_the_cache_at_once_lose_no_rows(tmp_path: Path, damaged: bool) -> None:
     """Several commands starting together: the table is made once, a damaged file replaced once, every row kept."""
-    import time
-
     for round in range(3):
         database = tmp_path / f"round{round}" / "features.sqlite3"
         database.parent.mkdir()
         if damaged:
             database.write_bytes(np.random.default_rng(round).bytes(5000))
-        start = time.time() + 1.5
+        command = [sys.executable, "-c", WORKER, str(database)]
         procs = [
-            subprocess.Popen([sys.executable, "-c", WORKER, str(database), str(i), str(start)], stdout=subprocess.PIPE)
+            subprocess.Popen([*command, str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             for i in range(6)
         ]
-        replaced = [int(proc.communicate(timeout=60)[0]) for proc in procs]
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            proc.stdin.close()  # type: ignore[union-attr]
+        replaced = [int(proc.stdout.read()) for proc in procs]  # type: ignore[union-attr]
+        for proc in procs:
+            proc.wait(timeout=60)
         assert all(proc.returncode == 0 for proc in procs)
         assert sum(replaced) == (1 if damaged else 0)
         cache = FeatureCache(database, "encoder")
         keys = [FileKey(f"/photo{i}.jpg", 1, 1) for i in range(6)]
         assert {int(v[0]) for v in cache.get_many(keys).values()} == set(range(6))
         cache.close()
+
+
+def test_a_cache_another_process_is_setting_up_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite does not wait while another connection switches the file to WAL: 'locked' is tried again."""
+    import sqlite3
+
+    original = FeatureCache._set_up
+    calls: list[int] = []
+
+    def locked_once(self: FeatureCache) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        original(self)
+
+    monkeypatch.setattr(FeatureCache, "_set_up", locked_once)
+    cache = FeatureCache.open(tmp_path / "features.sqlite3", "encoder")
+    assert cache is not None and len(calls) == 2
+    cache.close()
 
 
 def test_a_cache_file_another_process_is_replacing_is_waited_for(
