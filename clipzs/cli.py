@@ -201,6 +201,11 @@ def classify(
             raise UsageError("Parquet is written to a folder: give it with --output results.parquet")
         if output is not None:
             _check_output_place(output, folder=chosen == "parquet")
+            if chosen == "parquet" and not resume and output.is_dir() and any(output.glob("part-*.parquet")):
+                raise UsageError(
+                    f"{output} holds the parts of an earlier run, which a new run would add to: carry it on with "
+                    "--resume, or remove it or write another folder"
+                )
             _refuse_overwriting(
                 output,
                 *_files_read(classifier, labels_file, templates, pretrained, model_config),

@@ -442,6 +442,10 @@ def test_parquet_output_and_resume(rand_clip: ModelFiles, photos: list[Path], tm
         if row["path"] in expected:
             assert {k: row[k] for k in ("path", "label", "score", "top_k")} == expected[row["path"]]
     assert run("classify", str(photos[0]), "-l", "a,b", "-f", "parquet")[0] == EXIT_USAGE  # needs --output
+    before = sorted(out.iterdir())
+    code, _, stderr = run("classify", str(photos[0]), "-l", "cat,dog", "-o", str(out), *rand_clip.args)
+    assert code == EXIT_USAGE and "holds the parts of an earlier run" in stderr  # a rerun would add duplicate rows
+    assert sorted(out.iterdir()) == before
 
 
 def test_one_label_with_softmax_scores_warns(
