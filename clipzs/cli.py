@@ -537,11 +537,14 @@ def sort_images(
             raise UsageError("give SRC and DEST, or --undo MANIFEST")
         if mode not in sorting.MODES:
             raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(sorting.MODES)}")
-        if min_score != min_score:  # nan: no score is below it, nor above
-            raise UsageError("--min-score must be a number: scores run from 0 to 1")
+        if not 0 <= min_score <= 1:  # (nan too: no score is below it, nor above)
+            raise UsageError(f"--min-score must be a number from 0 to 1, as scores are, not {min_score}")
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"{dest} is a file: DEST is the folder the label folders go in")
-        paths = [p for p in discover([str(src)], sys.stdin.buffer if str(src) == "-" else None) if p.exists()]
+        if dest.resolve() == src.resolve():
+            raise UsageError(f"{dest} is the folder being sorted: give DEST another folder (it may be inside SRC)")
+        found = discover([str(src)], sys.stdin.buffer if str(src) == "-" else None)
+        paths = [p for p in found if p.exists() and not sorting.inside(p, dest)]  # not what an earlier sort put there
         if not paths:
             raise UsageError(f"no images found in {src}")
         options = _ModelOptions(model, pretrained, model_config, device, precision)

@@ -74,6 +74,12 @@ def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
             yield step
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether the file ``path`` lies in ``folder`` or below, by where its folder resolves to (a link that a
+    ``--mode link`` sort left there lies in it, wherever it points)."""
+    return (path.parent.resolve() / path.name).is_relative_to(folder.resolve())
+
+
 def step_json(step: Step) -> str:
     """A step as one line of JSON; a file name that is not UTF-8 keeps its bytes as JSON escapes."""
     from clipzs.output import json_text

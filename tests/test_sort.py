@@ -154,8 +154,9 @@ def test_sort_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
     code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--mode", "teleport")
     assert code == EXIT_USAGE and "unknown mode" in stderr
     assert sort("--undo", str(tmp_path / "missing.jsonl"))[0] == EXIT_USAGE
-    code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--min-score", "nan")
-    assert code == EXIT_USAGE and "--min-score must be a number" in stderr
+    for score in ("nan", "2", "-0.5"):
+        code, _, stderr = sort(str(tmp_path), str(tmp_path / "d"), "-l", "a,b", "--min-score", score)
+        assert code == EXIT_USAGE and "--min-score must be a number from 0 to 1" in stderr
     photo_tree(tmp_path / "src")
     (tmp_path / "file").write_text("x")
     code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "file"), "-l", "a,b", *tiny_clip.args)
@@ -185,3 +186,14 @@ def test_sort_reads_paths_from_stdin(tiny_clip: ModelFiles, tmp_path: Path) -> N
     assert result.exit_code == EXIT_OK, result.output
     steps = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(step["source"] for step in steps) == sorted(map(str, truth))
+
+
+def test_a_destination_inside_the_source_is_not_sorted_again(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    photo_tree(tmp_path / "src")
+    dest = tmp_path / "src" / "sorted"
+    args = ["-l", ",".join(SHAPES), *tiny_clip.args]
+    for _ in range(2):
+        code, _, stderr = sort(str(tmp_path / "src"), str(dest), "--mode", "link", *args)
+        assert code == EXIT_OK and "sorted (link) 6 of 6" in stderr, stderr  # not the links the first run made
+    code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "src"), *args)
+    assert code == EXIT_USAGE and "is the folder being sorted" in stderr
