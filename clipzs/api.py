@@ -29,7 +29,6 @@ from clipzs.cache import cache_dir, key_of
 from clipzs.classifier import FORMAT_VERSION, Classifier
 from clipzs.config import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
     DEFAULT_TOP_K,
     GPU_BATCH_SIZE,
@@ -54,15 +53,15 @@ class ZeroShotClassifier:
     def from_pretrained(
         cls,
         model: str | None = None,
-        pretrained: str = DEFAULT_PRETRAINED,
+        pretrained: str | None = None,
         *,
         model_config: str | os.PathLike[str] | None = None,
         device: str = "auto",
         precision: str = "auto",
     ) -> ZeroShotClassifier:
         """Load an open_clip model: ``model`` is its name (None: the one ``model_config`` names, else clipzs's
-        default), ``pretrained`` a tag or a local checkpoint file. ``precision``: how the image tower computes
-        (``LoadedModel.with_precision``)."""
+        default), ``pretrained`` a tag or a local checkpoint file (None: the default model's own weights).
+        ``precision``: how the image tower computes (``LoadedModel.with_precision``)."""
         return cls(load_model(model, pretrained, model_config=model_config, device=device, precision=precision))
 
     @classmethod

@@ -80,7 +80,7 @@ PretrainedOpt = Annotated[
         "--pretrained",
         "-p",
         help="open_clip pretrained tag, or a local checkpoint file (state dict or safetensors).",
-        show_default=DEFAULT_PRETRAINED,
+        show_default=f"{DEFAULT_PRETRAINED}, the default model's; another model's must be named",
     ),
 ]
 ModelConfigOpt = Annotated[
@@ -645,10 +645,10 @@ def probe_fit(
             raise typer.Exit(EXIT_SKIPPED)
 
 
-def _model_pairs(models: list[str] | None, weights: list[str] | None) -> list[tuple[str | None, str]]:
+def _model_pairs(models: list[str] | None, weights: list[str] | None) -> list[tuple[str | None, str | None]]:
     """Pair each --model with its --pretrained (one of either is used for all)."""
     names: list[str | None] = list(models) if models else [None]
-    tags = list(weights) if weights else [DEFAULT_PRETRAINED]
+    tags: list[str | None] = list(weights) if weights else [None]
     if len(names) != len(tags) and 1 not in (len(names), len(tags)):
         raise UsageError(f"{len(names)} --model but {len(tags)} --pretrained: give one of each per model")
     count = max(len(names), len(tags))
@@ -784,7 +784,7 @@ class _ModelOptions:
         _check_precision(self.device, self.precision)
         return ZeroShotClassifier.from_pretrained(
             self.name,
-            self.pretrained or DEFAULT_PRETRAINED,
+            self.pretrained,
             model_config=self.config,
             device=self.device,
             precision=self.precision,

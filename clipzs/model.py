@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from clipzs.cache import file_sha256, file_version, key_of
-from clipzs.config import DEFAULT_MODEL
+from clipzs.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
 from clipzs.images import Draft
@@ -291,7 +291,7 @@ def keep_loaded(models: int) -> None:
 
 def load_model(
     name: str | None,
-    pretrained: str,
+    pretrained: str | None,
     *,
     model_config: str | os.PathLike[str] | None = None,
     device: str = "auto",
@@ -302,11 +302,29 @@ def load_model(
     ``pretrained`` is an open_clip tag (downloaded from the hub on first use, then read from its cache) or
     the path of a local checkpoint (a state dict saved with torch.save, or safetensors). ``model_config`` is
     a custom open_clip model config JSON; the model is then named after the file unless ``name`` is given.
-    With neither a name nor a config, the model is clipzs's default. ``precision``: how the image tower
-    computes (``LoadedModel.with_precision``).
+    With neither a name nor a config, the model is clipzs's default, and without ``pretrained`` so are its
+    weights; any other model needs its weights named (a checkpoint needs its model named: open_clip would
+    resize another model's weights to fit the default one, and compute other numbers without a word).
+    ``precision``: how the image tower computes (``LoadedModel.with_precision``).
     """
     if not name and model_config is None:
+        if pretrained and Path(pretrained).expanduser().is_file():
+            raise UsageError(
+                f"{pretrained} is a checkpoint file: name its model with --model (or --model-config); the default "
+                f"model, {DEFAULT_MODEL}, takes only its own weights"
+            )
         name = DEFAULT_MODEL
+    if pretrained is None:
+        if (model_config is None and name in (DEFAULT_MODEL, None)) or str(name).startswith("hf-hub:"):
+            pretrained = DEFAULT_PRETRAINED  # (an hf-hub: model's weights are in its repository)
+        else:
+            if model_config is None and name:
+                check_model_name(name)  # a slip of the name is the mistake to report first
+            model = name or Path(model_config or "").stem
+            raise UsageError(
+                f"{model} needs its weights: --pretrained TAG (`clipzs models {model}` lists its tags) or a "
+                "checkpoint file"
+            )
     if _resident is None:
         return _load_model(name, pretrained, model_config=model_config, device=device).with_precision(precision)
     weights = _file_state(pretrained)  # a file is known by what it resolves to, however it is written

@@ -137,6 +137,8 @@ def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
         (["--classifier", "missing.clf"], "does not exist"),
         (["--labels", "cat,dog", "--device", "cuda"], "no CUDA GPU"),
         (["--labels", "cat,dog", "--device", "cpu:x"], "unknown device 'cpu:x'"),
+        (["--labels", "cat,dog", "--model", "ViT-B-32"], "ViT-B-32 needs its weights: --pretrained TAG"),
+        (["--labels", "cat,dog", "--pretrained", "tests/models/rand-clip.json"], "name its model with --model"),
     ],
 )
 def test_usage_errors_are_one_clear_line(photos: list[Path], args: list[str], message: str) -> None:
