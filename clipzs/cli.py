@@ -472,6 +472,8 @@ def evaluate(
             runs.append(run)
         for path, reason in skipped:
             _report_skipped(console, str(path), reason)
+        if not runs:
+            raise UsageError(f"no run to report: every --shots count leaves no image of {root} to test on")
         render_eval(runs, dataset.classes, sys.stdout, fmt)
         if plot is not None and shot_counts:
             plot_few_shot(runs, plot)

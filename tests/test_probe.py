@@ -160,6 +160,9 @@ def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path)
     assert runs["4-shot probe"]["top1"] >= max(0.85, runs["simple"]["top1"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli("eval", str(data), "--shots", "2,x", *tiny_clip.args)[0] == EXIT_USAGE
+    code, stdout, stderr = cli("eval", str(data), "-t", "simple", "--shots", "2,10", "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK and "10 shots per class leave no image to test on: left out" in stderr  # (10 per class)
+    assert [run["shots"] for run in json.loads(stdout)["runs"]] == [None, 2]
     code, _, stderr = cli("eval", str(data), "--shots", "2", "-c", str(clf))  # a classifier file alone: no features
     assert code == EXIT_USAGE and "--shots fits probes on a model's features" in stderr
     for command in (["eval", str(data), "--shots", "2"], ["probe", "fit", str(data), "-o", str(tmp_path / "p.clf")]):
