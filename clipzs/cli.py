@@ -1008,6 +1008,8 @@ def _check_output_place(output: Path, folder: bool) -> None:
         raise UsageError(f"cannot write {output}: {output.parent} is not an existing folder")
     if output.is_dir():
         raise UsageError(f"cannot write {output}: it is a folder")
+    if not os.access(output.parent, os.W_OK):  # (a read-only folder or file system)
+        raise UsageError(f"cannot write {output}: {output.parent} is not writable")
 
 
 @contextlib.contextmanager

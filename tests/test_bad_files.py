@@ -246,3 +246,28 @@ def test_undo_leaves_a_destination_that_is_now_a_folder(tmp_path: Path) -> None:
     assert (first / "mine.txt").read_text() == "keep me"
     assert not second.exists()
     assert sorted(p.name for p in (tmp_path / "src").rglob("*.png")) == ["0.png", "0.png"]
+
+
+def test_a_failed_write_names_the_file_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or a read-only folder is said of the file the user named, not of a hidden temporary one."""
+    import errno
+
+    from clipzs import cache
+
+    target = tmp_path / "pets.clf"
+
+    def full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError) as raised:
+        cache.atomic_write(target, full)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+    def read_only(**kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", f"{tmp_path}/.pets.clf.x1y2.tmp")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)
+    with pytest.raises(PermissionError) as denied:
+        cache.atomic_write(target, full)
+    assert denied.value.filename == str(target)
