@@ -461,3 +461,45 @@ def test_one_label_with_softmax_scores_warns(
     assert "one label" not in stderr
     code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat", "-f", "jsonl", *rand_sigmoid.args)
     assert code == EXIT_OK and jsonl(stdout)[0]["score"] < 1.0 and "one label" not in stderr
+
+
+def test_top_k_ranks_that_many_labels_best_first(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    args = ["classify", str(photos[0]), "-l", "cat,dog,rocket,coffee", "-k", "2", *rand_clip.args]
+    record = jsonl(run(*args, "-f", "jsonl")[1])[0]
+    scores = [entry["score"] for entry in record["top_k"]]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+    assert record["label"] == record["top_k"][0]["label"]
+    header = next(csv.reader(io.StringIO(run(*args, "-f", "csv")[1])))
+    assert header[-2:] == ["label_2", "score_2"] and "label_3" not in header
+
+
+def test_no_cache_writes_no_cache(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    code, _, _ = run("classify", str(photos[0]), "-l", "fresh one,fresh two", "--no-cache", *rand_clip.args)
+    cache = tmp_path / "cache"  # (the test's own: conftest)
+    assert code == EXIT_OK and not (cache / "classifiers").exists() and not (cache / "features.sqlite3").exists()
+    run("classify", str(photos[0]), "-l", "fresh one,fresh two", *rand_clip.args)
+    assert any((cache / "classifiers").iterdir()) and (cache / "features.sqlite3").exists()  # (where they go)
+
+
+def test_a_terminal_gets_a_table(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    """No --format: a table when stdout is a terminal (a pseudo-terminal here), JSON Lines in a pipe."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "clipzs", "classify", str(photos[0]), "-l", "cat,dog", *rand_clip.args]
+    with subprocess.Popen(command, stdout=follower, stderr=subprocess.DEVNULL, env=env) as proc:
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=120) == EXIT_OK
+    os.close(leader)
+    text = shown.decode("utf-8", "replace")
+    assert photos[0].name in text and "label" in text and not text.lstrip().startswith("{")

@@ -212,3 +212,19 @@ def test_the_best_run_is_chosen_among_runs_on_every_image_and_many_classes_point
     render_eval([zero_shot, probe], classes, table, "table")
     assert "best run: m (p), simple" in table.getvalue()
     assert "16 classes are too many for a table; --format json or --plot FILE give it" in table.getvalue()
+
+
+def test_eval_compares_weights_of_one_model_side_by_side(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """-p repeated: a run per weights, on the same images; the trained ones beat random ones."""
+    from tests.conftest import _random_model
+
+    shapes_tree(tmp_path / "data", CLASSES[:4], per_class=4, seed=12)
+    untrained = _random_model(tiny_clip.config, tmp_path, ".safetensors", seed=3)
+    args = ["--model-config", str(tiny_clip.config), "--device", "cpu", "-t", "simple", "-f", "json"]
+    code, stdout, _ = run_eval(
+        str(tmp_path / "data"), *args, "-p", str(tiny_clip.checkpoint), "-p", str(untrained.checkpoint)
+    )
+    assert code == EXIT_OK
+    runs = json.loads(stdout)["runs"]
+    assert [run["pretrained"] for run in runs] == [str(tiny_clip.checkpoint), str(untrained.checkpoint)]
+    assert runs[0]["top1"] >= MIN_ACCURACY > runs[1]["top1"]
