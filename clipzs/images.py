@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from clipzs.errors import ImageError, UsageError
 
 BASE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
 )
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
 DRAFT_MIN_REDUCTION = 4

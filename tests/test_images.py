@@ -257,12 +257,13 @@ def test_walk_recurses_in_natural_order_skipping_hidden_and_non_images(tmp_path:
     make_tree(
         tmp_path,
         [
-            *("a/img10.jpg", "a/img2.jpg", "a/Img1.png", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif"),
+            *("a/img10.jpg", "a/img2.jpg", "a/Img1.png", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif", "d/s.tga"),
             *("notes.txt", "a/img2.jpg.json", "noext", ".hidden.jpg", ".cache/cached.jpg", "a/.thumbs/t.png"),
         ],
     )
     got = [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)]
-    assert got == ["a/Img1.png", "a/img2.jpg", "a/img10.jpg", "b/deep/x.webp", "c/IMG3.JPG", "line\nbreak.gif"]
+    expected = ["a/Img1.png", "a/img2.jpg", "a/img10.jpg", "b/deep/x.webp", "c/IMG3.JPG", "d/s.tga", "line\nbreak.gif"]
+    assert got == expected
 
 
 def test_walk_leaves_pipes_alone_and_follows_links_to_files(tmp_path: Path) -> None:
