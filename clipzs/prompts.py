@@ -101,7 +101,9 @@ def check_labels(given: Iterable[Label]) -> tuple[Label, ...]:
         if not label.name.strip() or not label.aliases or not all(a.strip() for a in label.aliases):
             raise UsageError(f"a label needs a name and aliases that are not empty: {label!r}")
     if not labels:
-        raise UsageError("no labels given: use --labels 'cat,dog' or --labels-file FILE")
+        raise UsageError(
+            "no labels given: name the classes (--labels 'cat,dog' or --labels-file FILE; build(['cat', 'dog']))"
+        )
     seen: set[str] = set()
     for label in labels:
         if label.name in seen:
