@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from clipzs.api import ZeroShotClassifier
     from clipzs.evaluate import Run
+    from clipzs.output import Writer
     from clipzs.prediction import Prediction
     from clipzs.prompts import Label
 
@@ -185,7 +186,7 @@ def classify(
 ) -> None:
     """Score images against labels; one result per image, in input order."""
     from clipzs.images import discover
-    from clipzs.output import ParquetWriter, choose_format, csv_ranks, make_writer, written_paths
+    from clipzs.output import choose_format
 
     with _errors() as console:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
@@ -211,19 +212,16 @@ def classify(
                 *_files_read(classifier, labels_file, templates, pretrained, model_config),
                 *_among(paths, output, "one of the images to classify"),
             )
-        appending = False
         done: dict[str, str | None] = {}
         if resume:
             if output is None:
                 raise UsageError("--resume needs --output FILE: the results of the run to carry on")
-            if output.exists():
-                done = written_paths(output, chosen)
-                paths = [p for p in paths if str(p) not in done]
-                appending = output.is_file() and output.stat().st_size > 0  # an empty CSV still needs a header
-                if not quiet:
-                    console.print(f"clipzs: resuming: {len(done)} already in {output}, {len(paths)} to go")
-                if not paths:
-                    return
+            done, paths = _resumed(output, chosen, paths)
+            if not quiet and output.exists():
+                console.print(f"clipzs: resuming: {len(done)} already in {output}, {len(paths)} to go")
+            if not paths:
+                return
+        appending = resume and output is not None and output.is_file() and output.stat().st_size > 0
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown engine {engine!r}: use local or ray")
         if engine == "ray":
@@ -237,24 +235,11 @@ def classify(
             _refuse_overwriting(output, *_model_files(zsc))
         _warn_one_label(console, zsc)
         _check_same_labels(done, zsc, output)
+        assert zsc.classifier is not None
         skipped = _Skips(console)
-        ranked = min(top_k, len(zsc.classifier.names)) if zsc.classifier else top_k  # CSV columns: no empty ones
-        if appending and chosen == "csv" and output is not None:
-            before = csv_ranks(output)  # rows appended must have the columns of the header already there
-            if before < ranked:
-                raise UsageError(
-                    f"{output} holds {before} ranked labels a row and this run would write {ranked}: resume it "
-                    f"with --top-k {before}"
-                )
-            ranked = before  # (the columns left over stay empty, as for a run of fewer labels)
+        ranked = _csv_columns(output, appending and chosen == "csv", min(top_k, len(zsc.classifier.names)))
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
-            writer = (
-                _WrittenByRay()
-                if chosen == "parquet" and engine == "ray"
-                else ParquetWriter(output)
-                if chosen == "parquet" and output
-                else make_writer(chosen, stream, ranked, header=not appending)
-            )
+            writer = _writer(chosen, engine, output, stream, ranked, appending)
             ray_was_running = engine == "ray" and _ray_running()
             try:
                 with _progress(console, len(paths), quiet) as advance:
@@ -279,6 +264,44 @@ def classify(
             )
         if skipped.count:
             raise typer.Exit(EXIT_SKIPPED)
+
+
+def _resumed(output: Path, fmt: str, paths: list[Path]) -> tuple[dict[str, str | None], list[Path]]:
+    """What an earlier run wrote to ``output`` (path -> label), and the paths it leaves to do."""
+    from clipzs.output import written_paths
+
+    if not output.exists():
+        return {}, paths
+    done = written_paths(output, fmt)
+    return done, [p for p in paths if str(p) not in done]
+
+
+def _csv_columns(output: Path | None, appending: bool, ranked: int) -> int:
+    """The ranked labels a CSV row holds: those of the header already there when appending (a run of fewer
+    labels leaves the columns left over empty), else as many as the run ranks (no empty columns)."""
+    if not appending or output is None:
+        return ranked
+    from clipzs.output import csv_ranks
+
+    before = csv_ranks(output)
+    if before < ranked:
+        raise UsageError(
+            f"{output} holds {before} ranked labels a row and this run would write {ranked}: resume it with "
+            f"--top-k {before}"
+        )
+    return before
+
+
+def _writer(fmt: str, engine: str, output: Path | None, stream: IO[str], ranked: int, appending: bool) -> Writer:
+    """The writer of the results: Parquet parts in the output folder (written by Ray's tasks on Ray), else the
+    format's writer on the stream."""
+    from clipzs.output import ParquetWriter, make_writer
+
+    if fmt == "parquet" and engine == "ray":
+        return _WrittenByRay()
+    if fmt == "parquet" and output is not None:
+        return ParquetWriter(output)
+    return make_writer(fmt, stream, ranked, header=not appending)
 
 
 def _ray_running() -> bool:
