@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from clipzs import ray_engine
@@ -20,58 +21,88 @@ from tests.conftest import ModelFiles, jsonl
 
 ray = pytest.importorskip("ray")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+LABELS = ["-l", "cat,rocket,coffee", "-k", "3", "-f", "jsonl"]
+"""Three ranked labels, in JSON Lines."""
+CLASSIFY = [*LABELS, "-b", "3"]
+"""The classification the Ray runs are held to, in batches of three (several a run)."""
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_ray_engine_equals_the_local_engine(
-    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, workers: str
-) -> None:
-    folder = _folder(photos, tmp_path)
-    args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-k", "3", "-b", "3", "-f", "jsonl", *rand_clip.args]
-    local = CliRunner().invoke(app, [*args, "--no-cache"])
-    on_ray = CliRunner().invoke(app, [*args, "--engine", "ray", "--workers", workers])
-    assert local.exit_code == on_ray.exit_code == EXIT_SKIPPED, on_ray.output
-    expected, got = jsonl(local.stdout), jsonl(on_ray.stdout)
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A Ray instance of its own (2 CPUs) for the tests that run Ray, whatever cluster the user's RAY_ADDRESS or a
+    ``ray start`` names. Only the tests that request it start it: the plan tests need no Ray."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("RAY_ADDRESS", raising=False)  # also for what Ray starts from this process
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photos and an unreadable JPEG, shared by the module's runs (read only), so their paths agree."""
+    return _folder(photos, tmp_path_factory.mktemp("ray-inputs"))
+
+
+@pytest.fixture(scope="module")
+def local_fp32(rand_clip: ModelFiles, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """The local engine's ``CLASSIFY`` of ``folder`` in fp32: the reference the Ray runs are held to."""
+    with pytest.MonkeyPatch.context() as env:  # as tests.conftest._isolated_cache, which is per test
+        env.setenv("CLIPZS_CACHE_DIR", str(tmp_path_factory.mktemp("ray-cache")))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        return CliRunner().invoke(app, ["classify", str(folder), *CLASSIFY, "--no-cache", *rand_clip.args])
+
+
+def _assert_same_records(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """The same images in the same order, with the same labels or errors and the same ranked scores."""
     assert [r["path"] for r in got] == [r["path"] for r in expected]
     for a, b in zip(got, expected, strict=True):
         assert a.keys() == b.keys() and a.get("label") == b.get("label") and a.get("error") == b.get("error")
         if "top_k" in a:
             assert [e["score"] for e in a["top_k"]] == pytest.approx([e["score"] for e in b["top_k"]], abs=1e-5)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_engine_equals_the_local_engine(rand_clip: ModelFiles, folder: Path, local_fp32: Result) -> None:
+    """Two actors on the two CPUs (the one-actor plan, ``--workers 1`` or none, is run by the precision test)."""
+    args = ["classify", str(folder), *CLASSIFY, *rand_clip.args]
+    on_ray = CliRunner().invoke(app, [*args, "--engine", "ray", "--workers", "2"])
+    assert local_fp32.exit_code == on_ray.exit_code == EXIT_SKIPPED, on_ray.output
+    _assert_same_records(jsonl(on_ray.stdout), jsonl(local_fp32.stdout))
     assert "skipped" in on_ray.stderr and "INFO" not in on_ray.stderr
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_the_actors_run_at_the_precision_asked_for_on_their_devices(
-    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+    rand_clip: ModelFiles, folder: Path, local_fp32: Result
 ) -> None:
-    """bf16 on Ray gives the local engine's bf16 scores; fp16 on CPU-only actors is refused before they start."""
-    folder = _folder(photos, tmp_path)
-    args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-f", "jsonl", "--no-cache", *rand_clip.args]
+    """bf16 on Ray (the default plan: one actor on both CPUs) gives the local engine's bf16 results, not its fp32
+    ones; fp16 on CPU-only actors is refused before they start."""
+    args = ["classify", str(folder), *LABELS, "--no-cache", *rand_clip.args]  # (the default batch: one for all)
     local = jsonl(CliRunner().invoke(app, [*args, "--precision", "bf16"]).stdout)
-    fp32 = jsonl(CliRunner().invoke(app, args).stdout)
     on_ray = CliRunner().invoke(app, [*args, "--precision", "bf16", "--engine", "ray"])
     assert on_ray.exit_code == EXIT_SKIPPED, on_ray.output
-    got = [r.get("score") for r in jsonl(on_ray.stdout)]
-    assert got == pytest.approx([r.get("score") for r in local], abs=1e-5)
-    assert got != [r.get("score") for r in fp32]
+    got = jsonl(on_ray.stdout)
+    _assert_same_records(got, local)
+    scores = [r.get("score") for r in got]
+    assert scores == pytest.approx([r.get("score") for r in local], abs=1e-5)
+    assert scores != pytest.approx([r.get("score") for r in jsonl(local_fp32.stdout)], abs=1e-5)
     refused = CliRunner().invoke(app, [*args, "--precision", "fp16", "--engine", "ray"])
     assert refused.exit_code == EXIT_USAGE and "fp16 is for CUDA GPUs" in refused.stderr
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_a_failed_command_stops_the_ray_it_started(
-    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rand_clip: ModelFiles, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from clipzs import cli
 
     stopped: list[bool] = []
     monkeypatch.setattr(cli, "_ray_running", lambda: False)  # as if the command had started this Ray
     monkeypatch.setattr(cli, "_stop_ray", lambda: stopped.append(True))
-    args = ["classify", str(_folder(photos, tmp_path)), "-l", "cat,rocket", "--no-cache", *rand_clip.args]
+    args = ["classify", str(folder), "-l", "cat,rocket", "--no-cache", *rand_clip.args]
     refused = CliRunner().invoke(app, [*args, "--precision", "fp16", "--engine", "ray"])
     assert refused.exit_code == EXIT_USAGE and stopped == [True]
 
@@ -89,6 +120,7 @@ def _folder(photos: list[Path], tmp_path: Path) -> Path:
     ("nodes", "workers", "expected"),
     [
         ([{"CPU": 2}], None, ActorPlan(1, 1.5, 0.0, 2)),  # one actor using both cores, room for two tasks
+        ([{"CPU": 2}], 1, ActorPlan(1, 1.5, 0.0, 2)),  # --workers 1 is that plan (run by the precision test)
         ([{"CPU": 2}], 2, ActorPlan(2, 0.75, 0.0, 1)),  # two actors on 2 cores: a thread each, not two
         ([{"CPU": 16}, {"CPU": 16}], None, ActorPlan(2, 14.0, 0.0, 14)),  # one per node, an eighth for tasks
         ([{"CPU": 8}, {"CPU": 8}], 3, ActorPlan(3, 3.5, 0.0, 4)),  # two on a node: each gets half its room
@@ -111,6 +143,7 @@ def test_the_actors_always_leave_room_for_a_task(cpus: int, workers: int) -> Non
     assert plan.threads is not None and plan.threads <= max(1, cpus)
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_decoding_runs_in_tasks_of_its_own(workers: int, capsys: pytest.CaptureFixture[str]) -> None:
     """Ray Data must not fuse the decode step into the actors (``MapBatches(_decode)->MapBatches(_Scorer)``)."""
@@ -131,6 +164,7 @@ def test_decoding_runs_in_tasks_of_its_own(workers: int, capsys: pytest.CaptureF
     assert "TaskPoolMapOperator[MapBatches(_decode)]" in optimized
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize(("gpus", "device", "batch"), [(0.0, "cpu", DEFAULT_BATCH_SIZE), (1.0, "cuda", GPU_BATCH_SIZE)])
 def test_actors_get_their_devices_default_batch_size(
     gpus: float, device: str, batch: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -150,15 +184,15 @@ def test_actors_get_their_devices_default_batch_size(
     assert list(found) == [] and built["batch_size"] == batch and built["model"]["device"] == device
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_ray_writes_the_parquet_parts_itself(
-    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rand_clip: ModelFiles, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Parts written by Ray's tasks: the local engine's schema and rows, in input order across parts, whole
     files only; --resume redoes exactly the rows of a lost part."""
     import pyarrow.parquet as pq
 
     monkeypatch.setattr(ray_engine, "PARQUET_PART_ROWS", 3)
-    folder = _folder(photos, tmp_path)
     args = ["classify", str(folder), "-l", "cat,rocket,coffee", "-k", "3", "-b", "2", *rand_clip.args]
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     done = CliRunner().invoke(app, [*args, "--no-cache", "-o", str(local)])
