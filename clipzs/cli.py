@@ -566,10 +566,11 @@ def sort_images(
             raise UsageError(f"--min-score must be a number from 0 to 1, as scores are, not {min_score}")
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"{dest} is a file: DEST is the folder the label folders go in")
-        if dest.resolve() == src.resolve():
+        where = dest.resolve()
+        if where == src.resolve():
             raise UsageError(f"{dest} is the folder being sorted: give DEST another folder (it may be inside SRC)")
         found = discover([str(src)], sys.stdin.buffer if str(src) == "-" else None)
-        paths = [p for p in found if p.exists() and not sorting.inside(p, dest)]  # not what an earlier sort put there
+        paths = [p for p in found if p.exists() and not sorting.inside(p, where)]  # not what an earlier sort put there
         if not paths:
             raise UsageError(f"no images found in {src}")
         options = _ModelOptions(model, pretrained, model_config, device, precision)

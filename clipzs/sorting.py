@@ -74,10 +74,10 @@ def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
             yield step
 
 
-def inside(path: Path, folder: Path) -> bool:
-    """Whether the file ``path`` lies in ``folder`` or below, by where its folder resolves to (a link that a
-    ``--mode link`` sort left there lies in it, wherever it points)."""
-    return (path.parent.resolve() / path.name).is_relative_to(folder.resolve())
+def inside(path: Path, resolved_folder: Path) -> bool:
+    """Whether the file ``path`` lies in ``resolved_folder`` (resolved once by the caller) or below, by where its
+    folder resolves to (a link that a ``--mode link`` sort left there lies in it, wherever it points)."""
+    return (path.parent.resolve() / path.name).is_relative_to(resolved_folder)
 
 
 def step_json(step: Step) -> str:
