@@ -79,16 +79,22 @@ def identity() -> dict[str, Any]:
 
 
 def _code_stamp() -> list[list[object]]:
-    """The version of clipzs's own code files as ``stat`` says it: a server started before clipzs was updated
-    in place (a git pull in an editable install, say) runs the old code, so commands run in their own process.
-    Size and mtime, not ctime as ``cache.file_version``: a chmod or a restored mtime changes the ctime of code that
-    is the same, and would retire the server for good."""
+    """The version of the code a command would run, as ``stat`` says it: a server started before clipzs was
+    updated in place (a git pull in an editable install, say), or before a package it runs was installed, upgraded
+    or removed (open_clip, torch, Pillow...), runs the old code, so commands run in their own process. clipzs's
+    own files by size and mtime; the package folders by mtime, which changes as pip adds or removes entries there.
+    Not ctime as ``cache.file_version``: a chmod or a restored mtime changes the ctime of code that is the same,
+    and would retire the server for good."""
     stamp: list[list[object]] = []
     with contextlib.suppress(OSError):
         for entry in sorted(os.scandir(Path(__file__).parent), key=lambda e: e.name):
             if entry.name.endswith(".py"):
                 status = entry.stat()
                 stamp.append([entry.name, status.st_size, status.st_mtime_ns])
+    for folder in sys.path:
+        if os.path.basename(folder) in ("site-packages", "dist-packages"):
+            with contextlib.suppress(OSError):
+                stamp.append([folder, os.stat(folder).st_mtime_ns])
     return stamp
 
 
@@ -483,11 +489,18 @@ def _handle(conn: socket.socket, me: bytes, log: TextIO) -> bool:
             conn.sendall(_frame(_EXIT, b"0"))
         return False
     started = time.perf_counter()
-    code, interrupted = _run(conn, request, stdin)
+    try:
+        code, interrupted = _run(conn, request, stdin)
+    except KeyboardInterrupt:
+        if not _Watch.pending:
+            raise
+        code, interrupted = EXIT_INTERRUPTED, True  # the client's hang-up, delivered as its command ended
     if interrupted and code == EXIT_INTERRUPTED:
         _Watch.pending = False  # the command got it
     argv = " ".join(request["argv"])
     print(f"clipzs serve: {argv[:200]} -> exit {code} in {time.perf_counter() - started:.2f} s", file=log, flush=True)
+    with contextlib.suppress(OSError):  # (after the log line: a client that has its status finds the line there)
+        conn.sendall(_frame(_EXIT, str(code).encode()))
     if code == EXIT_INTERRUPTED and not interrupted:  # Ctrl-C on the server itself, not a client hanging up
         raise KeyboardInterrupt
     return True
@@ -505,7 +518,7 @@ def _checked(request: Any) -> dict[str, Any]:
 
 def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[int, bool]:
     """Run the command as the client's process would: its arguments, directory, environment and streams.
-    The exit status, and whether the client interrupted it."""
+    The exit status (not yet sent), and whether the client interrupted it."""
     lock = threading.Lock()
     out, err = request["streams"]
     channels = [_Channel(conn, kind, bool(s.get("tty")), lock) for kind, s in ((_STDOUT, out), (_STDERR, err))]
@@ -536,8 +549,6 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
         watch.done()
         for channel in channels:
             channel.hang_up()
-    with contextlib.suppress(OSError):
-        conn.sendall(_frame(_EXIT, str(code).encode()))
     return code, watch.interrupted
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -314,3 +316,86 @@ def test_a_server_whose_socket_is_replaced_stops_and_leaves_the_new_one(tmp_path
         os.replace(path.with_suffix(".new"), path)
         assert exits_within(running.process, server.POLL_S + 5) == 0
         assert server.wait_until_listening(0)  # its socket is still there, not taken away as the server stopped
+
+
+def request_bytes(argv: list[str], cwd: Path) -> bytes:
+    header = {"argv": argv, "cwd": str(cwd), "env": dict(os.environ), "umask": 0o022}
+    header["streams"] = [{"tty": False, "encoding": "utf-8", "errors": "strict"}] * 2
+    blob = json.dumps(header).encode()
+    return struct.pack(">II", len(blob), 0) + blob
+
+
+def frames(sock: socket.socket) -> list[bytes]:
+    """The kinds of the frames waiting on ``sock``, read without blocking."""
+    sock.setblocking(False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    kinds = []
+    while data:
+        kind, size = struct.unpack(">cI", data[:5])
+        kinds.append(kind)
+        data = data[5 + size :]
+    return kinds
+
+
+def test_a_command_is_in_the_log_before_its_client_has_its_status(tmp_path: Path) -> None:
+    """A client (a script, a test) that reads the log once it has its status finds its command there."""
+    conn, client = socket.socketpair()
+    seen: list[bytes] = []  # the frames the client had as the command's line was logged
+
+    class Log(io.StringIO):
+        def write(self, text: str) -> int:
+            if " -> exit " in text:
+                seen.extend(frames(client))
+            return super().write(text)
+
+    log = Log()
+    client.sendall(request_bytes(["--version"], tmp_path))
+    with conn, client:
+        assert server._handle(conn, b"{}", log) is True
+        assert " -> exit 0 " in log.getvalue()
+        assert b"o" in seen and b"x" not in seen  # its output had gone, not yet its status
+        assert frames(client) == [b"x"]
+
+
+def handle_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client_gone: bool) -> io.StringIO:
+    """Run a request whose command is interrupted as it ends: by its client hanging up, or by Ctrl-C."""
+
+    def interrupted(*_: object) -> tuple[int, bool]:
+        server._Watch.pending = client_gone
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server, "_run", interrupted)
+    conn, client = socket.socketpair()
+    client.sendall(request_bytes(["--version"], tmp_path))
+    log = io.StringIO()
+    with conn, client:
+        assert server._handle(conn, b"{}", log) is True
+    return log
+
+
+def test_a_client_hang_up_that_lands_as_its_command_ends_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupt for a client gone comes when Python next looks, which can be after the command returned:
+    the server logs the command and carries on. Ctrl-C on the server itself still stops it."""
+    log = handle_interrupted(tmp_path, monkeypatch, client_gone=True)
+    assert " -> exit 130 " in log.getvalue() and not server._Watch.pending
+    with pytest.raises(KeyboardInterrupt):
+        handle_interrupted(tmp_path, monkeypatch, client_gone=False)
+
+
+def test_a_server_started_before_a_package_was_upgraded_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip install -U open_clip_torch (or torch, Pillow...) while a server runs: it would run the old package."""
+    packages = tmp_path / "lib" / "site-packages"
+    (packages / "open_clip_torch-3.3.0.dist-info").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(packages)])
+    before = server.identity()
+    assert server.identity() == before
+    time.sleep(0.01)
+    (packages / "open_clip_torch-3.3.0.dist-info").rename(packages / "open_clip_torch-3.4.0.dist-info")
+    assert server.identity() != before
