@@ -23,6 +23,7 @@ from typing import Any, TypeVar, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipzs import scoring
 from clipzs.cache import cache_dir, key_of
@@ -36,7 +37,7 @@ from clipzs.config import (
 from clipzs.device_decode import FILES_PER_TASK, DeviceGeometry, JpegBytes, read_jpeg, resolve
 from clipzs.errors import ClassifierError, ClipzsError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
-from clipzs.images import Draft, discover, load_image, ordered_map
+from clipzs.images import Draft, discover, from_memory, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
 from clipzs.prediction import Prediction
 from clipzs.prompts import Label, check_labels, expand, load_templates, parse_label, parse_templates
@@ -213,6 +214,48 @@ class ZeroShotClassifier:
         )
         return (p for group in _batched(encoded, DEFAULT_BATCH_SIZE) for p in self.predict(group, k))
 
+    def classify_images(
+        self,
+        images: Iterable[Image.Image],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        batch_size: int | None = None,
+        workers: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Score images already in memory (PIL images: an upload, a video frame, a dataset's items) against the
+        classifier, in order, as files of the same pixels are scored (EXIF orientation applied, any mode).
+
+        A prediction's ``path`` is the file PIL opened the image from, or ""; an image whose pixels cannot be read
+        (opened lazily from a truncated file) carries its error. The arguments are checked now; the images are
+        read as the results are iterated. Nothing is cached: features are cached by file.
+        """
+        if self.classifier is None:
+            raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        k = _at_least_one("top_k", top_k)
+        hint = "a list such as [Image.open('photo.jpg')] (classify() takes paths)"
+        items = _items(images, (Image.Image,), "images", hint)
+        return self._classify_images(items, k, *self._batch_and_workers(batch_size, workers))
+
+    def _classify_images(
+        self, images: Iterable[Image.Image], k: int, batch_size: int, workers: int
+    ) -> Iterator[Prediction]:
+        def prepare(image: Image.Image) -> np.ndarray | torch.Tensor | ImageError:
+            try:
+                return self.model.prepare(from_memory(image))
+            except ImageError as e:
+                return e
+
+        def name(image: Image.Image) -> str:
+            filename = getattr(image, "filename", "")
+            return os.fsdecode(filename) if isinstance(filename, (str, bytes)) else ""
+
+        for group in _batched(ordered_map(prepare, images, workers, window=2 * batch_size), batch_size):
+            pixels = [x for _, x in group if not isinstance(x, ImageError)]
+            encoded = iter(self.model.encode_prepared(pixels) if pixels else ())
+            yield from self.predict(
+                [(name(image), x if isinstance(x, ImageError) else next(encoded)) for image, x in group], k
+            )
+
     def encode_paths(
         self,
         paths: Iterable[str | os.PathLike[str]],
@@ -230,14 +273,20 @@ class ZeroShotClassifier:
         ``device_decode``: decode JPEGs on the model's device (see ``device_decode``); by default on CUDA.
         The options are checked now; the files are read as the results are iterated.
         """
-        on_gpu = self.model.device.type == "cuda"
         hint = "a list such as [Path('photo.jpg')] (classify() walks folders)"
         files = map(Path, _items(paths, (str, os.PathLike), "paths", hint))
-        batch_size = _at_least_one("batch_size", batch_size, GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE)
-        workers = _at_least_one("workers", workers, min(32 if on_gpu else 8, os.cpu_count() or 1))
+        batch_size, workers = self._batch_and_workers(batch_size, workers)
         draft = self.model.draft if fast_decode else None
         geometry = self._device_geometry(device_decode)
         return self._encode_paths(files, batch_size, workers, draft, geometry, use_cache)
+
+    def _batch_and_workers(self, batch_size: int | None, workers: int | None) -> tuple[int, int]:
+        """Images per forward pass and decode threads: as given (checked), or the defaults for the device."""
+        on_gpu = self.model.device.type == "cuda"
+        return (
+            _at_least_one("batch_size", batch_size, GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE),
+            _at_least_one("workers", workers, min(32 if on_gpu else 8, os.cpu_count() or 1)),
+        )
 
     def _encode_paths(
         self,
@@ -351,7 +400,7 @@ class ZeroShotClassifier:
             for path, _, x in items
         ]
 
-    def predict(self, items: Sequence[tuple[Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
+    def predict(self, items: Sequence[tuple[str | Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
         """Score features against the classifier: top-k labels per readable image, the error otherwise."""
         assert self.classifier is not None
         features = [x for _, x in items if isinstance(x, torch.Tensor)]
@@ -434,7 +483,9 @@ def _items(value: object, kinds: tuple[type, ...], name: str, example: str) -> I
 
 def _item(item: object, kinds: tuple[type, ...], name: str) -> object:
     if not isinstance(item, kinds):
-        raise UsageError(f"{name}: each item must be a {' or '.join(k.__name__ for k in kinds)}, not {item!r}")
+        names = " or ".join(k.__name__ for k in kinds)
+        article = "an" if names[0] in "AEIOU" else "a"
+        raise UsageError(f"{name}: each item must be {article} {names}, not {item!r}")
     return item
 
 

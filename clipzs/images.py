@@ -168,6 +168,22 @@ def load_image(path: Path, *, draft: Draft | None = None) -> Image.Image:
         raise ImageError(f"corrupt or truncated image ({e})") from e
 
 
+def from_memory(image: Image.Image) -> Image.Image:
+    """An image the caller opened or made, as ``load_image`` gives a file's: upright RGB pixels (of the frame it is
+    at), or ImageError when its pixels cannot be read (opened lazily from a truncated file, say, or closed)."""
+    try:
+        image.load()
+        return to_rgb(_upright(image))
+    except ImageError:
+        raise
+    except ValueError as e:
+        if "closed image" in str(e):
+            raise ImageError("the image was closed before it was classified") from e
+        raise ImageError(f"corrupt or truncated image ({e})") from e
+    except (OSError, SyntaxError, EOFError, IndexError, TypeError) as e:
+        raise ImageError(f"corrupt or truncated image ({e})") from e
+
+
 def _drafted(image: Image.Image, draft: Draft) -> Image.Image:
     """A JPEG decoded at reduced scale and resized, as stored (``_upright`` turns it), to the size the model's
     resize gives the upright whole image."""
