@@ -573,6 +573,9 @@ def sort_images(
         paths = [p for p in found if p.exists() and not sorting.inside(p, where)]  # not what an earlier sort put there
         if not paths:
             raise UsageError(f"no images found in {src}")
+        manifest = manifest or dest / "clipzs-manifest.jsonl"
+        if not dry_run:
+            sorting.prepare_manifest(manifest)  # now, not once the first images are classified
         options = _ModelOptions(model, pretrained, model_config, device, precision)
         zsc = _classifier(options, classifier, labels, labels_file, templates, no_cache)
         _warn_one_label(console, zsc)
@@ -584,7 +587,7 @@ def sort_images(
             )
         skipped = _Skips(console)
         steps = sorting.plan(skipped.reported(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
-        done = steps if dry_run else sorting.apply(steps, manifest or dest / "clipzs-manifest.jsonl")
+        done = steps if dry_run else sorting.apply(steps, manifest)
         count = 0
         for step in done:
             typer.echo(sorting.step_json(step))

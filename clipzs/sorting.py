@@ -74,6 +74,28 @@ def apply(steps: Iterable[Step], manifest: Path) -> Iterator[Step]:
             yield step
 
 
+def prepare_manifest(manifest: Path) -> None:
+    """Ready an existing ``manifest`` for more steps: refuse a file that is not a sort manifest (it would be
+    changed, and the sort it then recorded could not be undone), and end its last line, which the next step
+    would otherwise be written onto: a line that a killed sort cut short is dropped (that step never happened)."""
+    if not manifest.exists():
+        return
+    try:
+        read_manifest(manifest)
+    except UsageError as e:
+        raise UsageError(f"{e}: give --manifest a new file, or the manifest of an earlier sort") from None
+    with open(manifest, "r+b") as log:
+        data = log.read()
+        last = data[data.rfind(b"\n") + 1 :]
+        if last.strip():
+            try:
+                json.loads(last)
+            except ValueError:
+                log.truncate(len(data) - len(last))
+            else:
+                log.write(b"\n")  # a whole step whose line end was lost (an editor's)
+
+
 def inside(path: Path, resolved_folder: Path) -> bool:
     """Whether the file ``path`` lies in ``resolved_folder`` (resolved once by the caller) or below, by where its
     folder resolves to (a link that a ``--mode link`` sort left there lies in it, wherever it points)."""
@@ -100,8 +122,6 @@ def _carry_out(step: Step) -> None:
 
 def read_manifest(manifest: Path) -> list[Step]:
     lines = read_text(manifest, "manifest").split("\n")  # not splitlines: a name may hold U+2028
-    while lines and not lines[-1].strip():
-        lines.pop()
     steps = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -109,14 +129,20 @@ def read_manifest(manifest: Path) -> list[Step]:
         try:
             record = json.loads(line)
         except ValueError:
-            if number == len(lines):
-                break  # the last line of a killed sort may be cut short: that step never happened
+            if number == len(lines) and _cut_short(line):
+                break  # the last line of a killed sort may be cut short (no line end): that step never happened
             record = None
         step = _step(record)
         if step is None:
             raise UsageError(f"{manifest}, line {number}: not a clipzs sort manifest")
         steps.append(step)
     return steps
+
+
+def _cut_short(line: str) -> bool:
+    """Whether ``line`` may be the start of a step's line (``step_json``), cut short."""
+    start = '{"source": '
+    return line.startswith(start) or start.startswith(line)
 
 
 def _step(record: object) -> Step | None:

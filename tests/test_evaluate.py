@@ -13,6 +13,7 @@ from clipzs.cli import app
 from clipzs.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, UsageError
 from clipzs.evaluate import load_dataset, metrics
 from tests.conftest import ModelFiles
+from tests.test_probe import record_draws
 from tests.test_tiny_clip import MIN_ACCURACY
 from tests.tinyclip.shapes import CLASSES, draw
 
@@ -228,3 +229,28 @@ def test_eval_compares_weights_of_one_model_side_by_side(tiny_clip: ModelFiles, 
     runs = json.loads(stdout)["runs"]
     assert [run["pretrained"] for run in runs] == [str(tiny_clip.checkpoint), str(untrained.checkpoint)]
     assert runs[0]["top1"] >= MIN_ACCURACY > runs[1]["top1"]
+
+
+def test_eval_seed_picks_the_shots(tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval --shots --seed: the same seed draws the same images for each K (and holds out the same of them), so
+    the report is the same; another seed draws other images."""
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:3], per_class=5, seed=13)
+    paths = load_dataset(data).paths
+    draws = record_draws(monkeypatch)
+
+    def run(seed: int) -> tuple[list[list[Path]], list[list[int]], str]:
+        draws.clear()
+        code, stdout, stderr = run_eval(
+            str(data), "-t", "simple", "--shots", "1,3", "--seed", str(seed), "-f", "json", *tiny_clip.args
+        )
+        assert code == EXIT_OK, stderr
+        shots = [[paths[i] for i in picked] for kind, picked in draws if kind == "shots"]
+        return shots, [picked for kind, picked in draws if kind == "held out"], stdout
+
+    shots, held, report = run(3)
+    assert [len(images) for images in shots] == [3, 9] and [len(h) for h in held] == [0, 3]  # (1 shot: none held)
+    assert [entry["images"] for entry in json.loads(report)["runs"]] == [15, 12, 6]  # tested on the images not drawn
+    assert run(3) == (shots, held, report)
+    other_shots, other_held, _ = run(4)
+    assert other_shots[0] != shots[0] and other_shots[1] != shots[1] and other_held[1] != held[1]

@@ -29,6 +29,28 @@ def unseen_tree(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
+def record_draws(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[int]]]:
+    """Watch the seeded draws: each call appends what it picked, ("shots", the indices of the images drawn) or
+    ("held out", the indices of the images held out among those it was given)."""
+    from clipzs import probe
+
+    draws: list[tuple[str, list[int]]] = []
+    real_few_shot, real_split = probe.few_shot, probe.held_out_split
+
+    def few_shot(targets: list[int], shots: int, seed: int) -> list[int]:
+        draws.append(("shots", real_few_shot(targets, shots, seed)))
+        return draws[-1][1]
+
+    def held_out_split(targets: list[int], seed: int) -> tuple[list[int], list[int]]:
+        train, held = real_split(targets, seed)
+        draws.append(("held out", held))
+        return train, held
+
+    monkeypatch.setattr(probe, "few_shot", few_shot)
+    monkeypatch.setattr(probe, "held_out_split", held_out_split)
+    return draws
+
+
 def cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
     assert "Traceback" not in result.output
@@ -197,3 +219,35 @@ def test_a_probe_of_classes_set_apart_scores_with_confidence() -> None:
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     assert probs.max(axis=1).mean() > 0.8
+
+
+def test_probe_fit_seed_picks_the_shots_and_the_held_out_images(
+    tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--seed: the same seed draws the same shots and holds out the same of them, and so writes the same probe;
+    another seed draws other shots and holds out others."""
+    from clipzs.evaluate import load_dataset
+
+    data = unseen_tree(tmp_path / "data", per_class=6, seed=10)
+    paths = load_dataset(data).paths
+    draws = record_draws(monkeypatch)
+
+    def fit(seed: int, output: Path) -> tuple[list[Path], list[int], Classifier]:
+        draws.clear()
+        code, _, stderr = cli(
+            "probe", "fit", str(data), "-o", str(output), "--shots", "3", "--seed", str(seed), *tiny_clip.args
+        )
+        assert code == EXIT_OK, stderr
+        (_, chosen), (_, held) = draws
+        return [paths[i] for i in chosen], held, Classifier.load(output)
+
+    shots, held, probe = fit(1, tmp_path / "first.clf")
+    assert sorted(p.parent.name for p in shots) == sorted(list(UNSEEN) * 3) and len(held) == 4  # 1 of 3 a class
+    assert probe.meta["seed"] == 1
+    again, held_again, same = fit(1, tmp_path / "again.clf")
+    assert (again, held_again) == (shots, held)
+    assert np.array_equal(same.weights.numpy(), probe.weights.numpy()) and same.bias is not None
+    assert probe.bias is not None and np.array_equal(same.bias.numpy(), probe.bias.numpy())
+    other, held_other, another = fit(2, tmp_path / "other.clf")
+    assert other != shots and held_other != held  # (held: which of each class's 3 shots, by position)
+    assert another.meta["seed"] == 2 and not np.array_equal(another.weights.numpy(), probe.weights.numpy())

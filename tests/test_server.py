@@ -13,10 +13,12 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipzs import server
@@ -44,10 +46,12 @@ def clipzs(
     )
 
 
-def start_server(tmp_path: Path, idle: str = "5", log_name: str = "server.log") -> Server:
+def start_server(tmp_path: Path, idle: str = "5", log_name: str = "server.log", *options: str) -> Server:
     log = tmp_path / log_name
     with open(log, "wb") as f:
-        process = subprocess.Popen([sys.executable, "-m", "clipzs", "serve", "--idle", idle], stdout=f, stderr=f)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clipzs", "serve", "--idle", idle, *options], stdout=f, stderr=f
+        )
     if not server.wait_until_listening(60):
         process.kill()
         pytest.fail(f"the server did not start: {log.read_text()}")
@@ -399,3 +403,54 @@ def test_a_server_started_before_a_package_was_upgraded_is_not_used(
     time.sleep(0.01)
     (packages / "open_clip_torch-3.3.0.dist-info").rename(packages / "open_clip_torch-3.4.0.dist-info")
     assert server.identity() != before
+
+
+def models_named(tiny_clip: ModelFiles, tmp_path: Path, *names: str) -> dict[str, list[str]]:
+    """The tiny CLIP under other names (its config copied to NAME.json), each a model of its own to the server:
+    the options of a command that classifies an image with it."""
+    from tests.tinyclip.shapes import draw
+
+    image = tmp_path / "shape.png"
+    draw("red circle", np.random.default_rng(0)).save(image)
+    commands = {}
+    for name in names:
+        config = shutil.copy(tiny_clip.config, tmp_path / f"{name}.json")
+        options = ["--model-config", str(config), "-p", str(tiny_clip.checkpoint), "--device", "cpu"]
+        commands[name] = ["classify", str(image), "-l", "circle,square", *options]
+    return commands
+
+
+def loads(log: str) -> dict[str, int]:
+    """How often the server loaded each model, by name."""
+    return Counter(line.split()[3] for line in log.splitlines() if line.startswith("clipzs serve: loaded "))
+
+
+def test_serve_models_1_keeps_only_the_model_last_used(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A second model evicts the first, which is loaded again when it is used again (--models given to --detach,
+    which starts the server)."""
+    commands = models_named(tiny_clip, tmp_path, "first", "second")
+    assert clipzs("serve", "--detach", "--models", "1").returncode == 0
+    try:
+        for name in ("first", "second", "first"):
+            result = clipzs(*commands[name])
+            assert result.returncode == 0, result.stderr
+    finally:
+        assert server.stop() == "stopped"
+    log = (server.socket_path().parent / "server.log").read_text()
+    assert log.count(" -> exit 0 ") == 3 and loads(log) == {"first": 2, "second": 1}, log
+
+
+def test_serve_models_2_keeps_the_two_models_last_used(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """Both stay loaded; a third evicts the one used least recently (not the first loaded), which alone is
+    loaded again."""
+    commands = models_named(tiny_clip, tmp_path, "first", "second", "third")
+    running = start_server(tmp_path, "5", "server.log", "--models", "2")
+    try:
+        for name in ("first", "second", "first", "third", "first", "second"):
+            result = clipzs(*commands[name])
+            assert result.returncode == 0, result.stderr
+    finally:
+        assert server.stop() == "stopped"
+        running.process.wait(timeout=30)
+    assert len(served(running)) == 6
+    assert loads(running.log.read_text()) == {"first": 1, "second": 2, "third": 1}, running.log.read_text()

@@ -197,3 +197,79 @@ def test_a_destination_inside_the_source_is_not_sorted_again(tiny_clip: ModelFil
         assert code == EXIT_OK and "sorted (link) 6 of 6" in stderr, stderr  # not the links the first run made
     code, _, stderr = sort(str(tmp_path / "src"), str(tmp_path / "src"), *args)
     assert code == EXIT_USAGE and "is the folder being sorted" in stderr
+
+
+def test_manifest_elsewhere_records_every_sort_into_it_and_undoes_them(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """--manifest FILE (in a folder not made yet): each sort appends its steps there, not to DEST; a dry run
+    writes nothing; --undo FILE puts back the images of every sort it records."""
+    photo_tree(tmp_path / "src")
+    (tmp_path / "later").mkdir()
+    for i, shape in enumerate(SHAPES):  # a second batch, sorted later with the same manifest
+        draw(shape, np.random.default_rng(10 + i)).save(tmp_path / "later" / f"{i}.png")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.png")}
+    dest, manifest = tmp_path / "dest", tmp_path / "logs" / "sort.jsonl"
+    args = ["-l", ",".join(SHAPES), "--mode", "move", "--manifest", str(manifest), *tiny_clip.args]
+    code, first, stderr = sort(str(tmp_path / "src"), str(dest), *args)
+    assert code == EXIT_OK and "sorted (move) 6 of 6" in stderr, stderr
+    assert manifest.read_text() == first and len(first.splitlines()) == 6
+    assert not (dest / "clipzs-manifest.jsonl").exists() and len(files(dest)) == 6
+
+    code, plan, _ = sort(str(tmp_path / "later"), str(dest), *args, "--dry-run")
+    assert code == EXIT_OK and len(plan.splitlines()) == 3 and manifest.read_text() == first  # touched nothing
+    code, second, _ = sort(str(tmp_path / "later"), str(dest), *args)
+    assert code == EXIT_OK and second == plan and manifest.read_text() == first + second  # appended, not replaced
+    assert files(tmp_path / "src") == files(tmp_path / "later") == set() and len(files(dest)) == 9
+
+    code, _, stderr = sort("--undo", str(manifest))
+    assert code == EXIT_OK and "9 restored" in stderr, stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.png")} == before and files(dest) == set()
+
+
+def test_a_manifest_that_is_not_one_is_refused_and_left_as_it_was(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A slip of --manifest onto a file of the user's (a note, one of the images): the steps appended to it
+    would change it, and --undo could not read them back. Refused before anything is sorted."""
+    photo_tree(tmp_path / "src")
+    notes, todo, draft = tmp_path / "notes.txt", tmp_path / "todo.txt", tmp_path / "draft.json"
+    notes.write_text("my notes\n")
+    todo.write_text("buy milk")  # no line end, as a sort killed mid-line leaves: still no step of one
+    draft.write_text('{"milk": ')
+    image = tmp_path / "src" / "a" / "1.png"
+    args = [str(tmp_path / "src"), str(tmp_path / "dest"), "-l", ",".join(SHAPES), *tiny_clip.args]
+    for wrong in (notes, todo, draft, image):
+        before = wrong.read_bytes()
+        code, stdout, stderr = sort(*args, "--manifest", str(wrong))
+        assert code == EXIT_USAGE and stdout == "", stderr
+        assert f"{wrong}" in stderr and "give --manifest a new file, or the manifest of an earlier sort" in stderr
+        assert wrong.read_bytes() == before and not (tmp_path / "dest").exists()
+
+
+def test_a_sort_after_an_interrupted_one_can_be_undone(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """The manifest of a sort killed mid-way through a line, carried on by another sort into it: the new steps
+    start a line of their own, and --undo reverses both sorts."""
+    photo_tree(tmp_path / "src")
+    before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
+    manifest = tmp_path / "sort.jsonl"
+    args = [str(tmp_path / "dest"), "-l", ",".join(SHAPES), "--mode", "move", "--manifest", str(manifest)]
+    assert sort(str(tmp_path / "src" / "a"), *args, *tiny_clip.args)[0] == EXIT_OK
+    with open(manifest, "a") as f:
+        f.write('{"source": "/half/writ')  # killed here
+    code, stdout, _ = sort(str(tmp_path / "src" / "b"), *args, *tiny_clip.args)
+    assert code == EXIT_OK and manifest.read_text().endswith(stdout) and len(manifest.read_text().splitlines()) == 6
+    code, _, stderr = sort("--undo", str(manifest))
+    assert code == EXIT_OK and "6 restored" in stderr, stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before
+
+
+def test_a_manifest_is_readied_for_more_steps_without_losing_one(tmp_path: Path) -> None:
+    """A last line without its line end: a whole step (an editor dropped the line end) is kept, and ended so the
+    next step starts a line of its own; one cut short by a killed sort is dropped."""
+    from clipzs.sorting import Step, prepare_manifest, read_manifest, step_json
+
+    done, next_one = (Step(f"/src/{i}.png", f"/dest/a/{i}.png", "a", 0.9, "copy") for i in range(2))
+    manifest = tmp_path / "sort.jsonl"
+    for tail, kept in ((step_json(done), [done]), (step_json(done)[:30], [])):
+        manifest.write_text(step_json(done) + "\n" + tail)
+        prepare_manifest(manifest)
+        with open(manifest, "a") as f:
+            f.write(step_json(next_one) + "\n")
+        assert read_manifest(manifest) == [done, *kept, next_one]
