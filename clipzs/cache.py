@@ -16,10 +16,11 @@ from clipzs.config import CACHE_ENV
 
 
 def cache_dir() -> Path:
-    """``$CLIPZS_CACHE_DIR`` when set, else the platform's user cache directory for clipzs."""
+    """``$CLIPZS_CACHE_DIR`` when set (a relative one from the working folder), else the platform's user cache
+    directory for clipzs. Absolute, so that what is kept there does not move with a process's working folder."""
     override = os.environ.get(CACHE_ENV)
     if override:
-        return Path(override)
+        return Path(os.path.abspath(override))
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("clipzs"))

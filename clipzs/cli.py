@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Optional, TextIO
 import typer
 
 from clipzs.config import (
+    CACHE_ENV,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -784,6 +785,7 @@ def _detach(console: Console, idle: float, models: int, options: list[str]) -> N
             stdout=log,
             stderr=log,
             cwd=log_path.parent,  # not the caller's folder, which may go away; commands bring their own
+            env={**os.environ, CACHE_ENV: str(log_path.parent)},  # (a relative one would be found from there)
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
     while process.poll() is None and not server.ready(2):

@@ -121,12 +121,13 @@ def csv_header(top_k: int) -> list[str]:
 
 
 def _is_record(record: object) -> bool:
-    """Whether a parsed JSON line is one that clipzs writes (``Prediction.to_dict``)."""
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("path"), str)
-        and ("error" in record or {"label", "score", "top_k"} <= record.keys())
-    )
+    """Whether a parsed JSON line is one that clipzs writes (``Prediction.to_dict``): a path, and a label or an
+    error, all text."""
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return False
+    if "error" in record:
+        return isinstance(record["error"], str)
+    return {"label", "score", "top_k"} <= record.keys() and isinstance(record["label"], str)
 
 
 def _starts_as(torn: bytes, start: bytes) -> bool:

@@ -65,6 +65,8 @@ def paths_in(out: Path) -> list[str]:
         ("pets.jsonl", b'{"path": "a.jpg", "label": "cat"}\n{"path": "b.jpg", "label": "dog"}'),  # eval's input
         ("people.csv", b"name,age\nbob,3\nal"),  # another CSV
         ("deep.jsonl", b"[" * 100_000),  # too deep for json to parse
+        ("listed.jsonl", b'{"path": "a.jpg", "label": ["cat"], "score": 1, "top_k": []}\n'),  # a label not text
+        ("mixed.jsonl", b'{"path": "a.jpg", "label": 1, "score": 1, "top_k": []}\n{"path": "b", "error": {}}\n'),
         ("short.csv", b"path,label,score,error,label_1,score_1\na.jpg,cat,0.9,,cat,0.9\nb.jpg\n"),  # a short row
         ("cut.csv", b'path,label,score,error,label_1,score_1\n"two\nlines.jpg",cat,0.9,,cat,0.9\n"new\n'),
     ],

@@ -454,3 +454,18 @@ def test_serve_models_2_keeps_the_two_models_last_used(tiny_clip: ModelFiles, tm
         running.process.wait(timeout=30)
     assert len(served(running)) == 6
     assert loads(running.log.read_text()) == {"first": 1, "second": 2, "third": 1}, running.log.read_text()
+
+
+def test_detach_with_a_relative_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLIPZS_CACHE_DIR=relcache: the server listens in ./relcache, not in relcache/relcache (it starts in its
+    cache folder), and --detach returns."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIPZS_CACHE_DIR", "relcache")
+    started = subprocess.run([sys.executable, "-m", "clipzs", "serve", "--detach"], capture_output=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert server.socket_path().parent == tmp_path / "relcache"
+        assert server.wait_until_listening(0)
+    finally:
+        assert server.stop() == "stopped"
+    assert not (tmp_path / "relcache" / "relcache").exists()
