@@ -106,7 +106,7 @@ def _from_csv(path: Path) -> list[tuple[Path, str]]:
     try:
         for row in reader:
             if row["path"]:  # a row without a path is skipped
-                pairs.append((path.parent / row["path"], _label(row["label"], path, reader.line_num)))
+                pairs.append((_image(row["path"], path, reader.line_num), _label(row["label"], path, reader.line_num)))
     except csv.Error as e:
         raise UsageError(f"{path}, line {reader.line_num}: {e}") from e
     return pairs
@@ -119,14 +119,26 @@ def _from_jsonl(path: Path) -> list[tuple[Path, str]]:
             continue
         try:
             record = json.loads(line)
-            pairs.append((path.parent / record["path"], _label(record["label"], path, number)))
+            pairs.append((_image(record["path"], path, number), _label(record["label"], path, number)))
         except (ValueError, KeyError, TypeError) as e:
             raise UsageError(f'{path}, line {number}: expected {{"path": ..., "label": ...}}') from e
     return pairs
 
 
+def _image(value: object, path: Path, line: int) -> Path:
+    """A dataset row's image, relative to the dataset file's folder; a path no file can have names its line."""
+    if not isinstance(value, str):
+        raise TypeError(f"a path is text, not {value!r}")
+    if "\0" in value:
+        raise UsageError(f"{path}, line {line}: the path holds a NUL character, which no file name can")
+    return path.parent / value
+
+
 def _label(value: object, path: Path, line: int) -> str:
-    """A dataset row's label as text; a row without one is an error naming its line."""
+    """A dataset row's label as text (a number is taken as its digits); a row without one, or with a list or
+    an object for one, is an error naming its line."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+        raise UsageError(f"{path}, line {line}: a label is text, not {value!r}")
     label = "" if value is None else str(value)
     if not label.strip():
         raise UsageError(f"{path}, line {line}: the image has no label")

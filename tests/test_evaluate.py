@@ -97,6 +97,27 @@ def test_bad_folders_say_why(tmp_path: Path, layout: dict[str, int], message: st
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"path": "a\0b.png", "label": "cat"}, r"line 2: the path holds a NUL character"),
+        ({"path": "b.png", "label": ["cat"]}, r"line 2: a label is text, not \['cat'\]"),
+        ({"path": "b.png", "label": {"name": "cat"}}, r"line 2: a label is text, not \{'name': 'cat'\}"),
+        ({"path": "b.png", "label": True}, r"line 2: a label is text, not True"),
+        ({"path": 7, "label": "cat"}, r'line 2: expected \{"path": ..., "label": ...\}'),
+    ],
+)
+def test_a_dataset_line_that_cannot_be_one_is_named(tmp_path: Path, line: dict[str, object], message: str) -> None:
+    """Not a traceback (a NUL in a path) nor a class named "['cat']"."""
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(json.dumps({"path": "a.png", "label": "dog"}) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(UsageError, match=message):
+        load_dataset(listing)
+    (tmp_path / "list.csv").write_text('path,label\na.png,dog\n"b\0.png",cat\n')
+    with pytest.raises(UsageError, match="line 3: the path holds a NUL character"):
+        load_dataset(tmp_path / "list.csv")
+
+
 def run_eval(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["eval", *args])
     assert "Traceback" not in result.output
