@@ -156,8 +156,10 @@ class ZeroShotClassifier:
         self, labels: Sequence[Label], templates: Sequence[str], meta: dict[str, object]
     ) -> Classifier:
         prompts = [expand(label, templates) for label in labels]
-        features = self.model.encode_text([p for group in prompts for p in group])
-        per_label = torch.split(features, [len(group) for group in prompts])
+        tokens = self.model.tokenize([p for group in prompts for p in group])
+        sizes = [len(group) for group in prompts]
+        _check_told_apart(labels, prompts, torch.split(tokens, sizes))
+        per_label = torch.split(self.model.encode_tokens(tokens), sizes)
         return Classifier(weights=scoring.classifier_matrix(per_label), labels=tuple(labels), meta=meta)
 
     def use(self, classifier: Classifier) -> None:
@@ -416,6 +418,25 @@ class ZeroShotClassifier:
             top = tuple((names[i], v) for i, v in zip(indices[row], values[row], strict=True))
             yield Prediction(path=str(path), label=top[0][0], score=top[0][1], top_k=top)
             row += 1
+
+
+def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tokens: Sequence[torch.Tensor]) -> None:
+    """Refuse labels whose prompts the text encoder reads alike: their classifier rows would be the same, every
+    image would score them equally, and the first would always win. Prompts longer than the model's context
+    (77 tokens for CLIP, fewer for small models) are cut there, so labels that differ only past it collide."""
+    seen: dict[bytes, int] = {}
+    for i, rows in enumerate(tokens):
+        j = seen.setdefault(rows.numpy().tobytes(), i)
+        if j != i:
+            why = (
+                "they have the same prompts"
+                if prompts[i] == prompts[j]
+                else f"their prompts differ only past the {rows.shape[1]} tokens the model reads, where they are cut"
+            )
+            raise UsageError(
+                f"labels {labels[j].name!r} and {labels[i].name!r} are the same to this model: {why}; "
+                "shorten them or put what tells them apart first"
+            )
 
 
 @dataclass(frozen=True)

@@ -134,24 +134,31 @@ class LoadedModel:
             return Draft(int(size[0]))
         return Draft(int(size[0]), squash=True) if size[0] == size[1] else None
 
-    @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Features [N, D] of the texts, in fp32 whatever the device.
+        """Features [N, D] of the texts, in fp32 whatever the device."""
+        return self.encode_tokens(self.tokenize(texts))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, context length] of the texts, each cut at the model's context length."""
+        return self.tokenizer(list(texts))
+
+    @torch.inference_mode()
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Features [N, D] of tokenized texts, in fp32 whatever the device.
 
         Prompts are sorted by length so that each batch can stop at its longest prompt (see
         ``encode_tokens_trimmed``), then put back in order.
         """
-        tokens = self.tokenizer(list(texts))
         trim = can_trim_tokens(self.model)
         order = torch.argsort(last_token_index(tokens), stable=True)
         features = torch.empty(0)
-        for start in range(0, len(texts), TEXT_BATCH):
+        for start in range(0, len(tokens), TEXT_BATCH):
             rows = order[start : start + TEXT_BATCH]
             batch = tokens[rows].to(self.device)
             out = encode_tokens_trimmed(self.model, batch) if trim else self.model.encode_text(batch, normalize=True)
             out = out.float().cpu()
             if features.numel() == 0:
-                features = torch.empty(len(texts), out.shape[1])
+                features = torch.empty(len(tokens), out.shape[1])
             features[rows] = out
         return features
 

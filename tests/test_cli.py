@@ -188,13 +188,13 @@ class CountingEncoder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        original = LoadedModel.encode_text
+        original = LoadedModel.encode_tokens
 
-        def counted(model: LoadedModel, texts: list[str]) -> object:
+        def counted(model: LoadedModel, tokens: object) -> object:
             self.calls += 1
-            return original(model, texts)
+            return original(model, tokens)
 
-        monkeypatch.setattr(LoadedModel, "encode_text", counted)
+        monkeypatch.setattr(LoadedModel, "encode_tokens", counted)
 
 
 def test_classifier_cache_reuse_and_invalidation(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from clipzs.api import ZeroShotClassifier
 from clipzs.cli import app
-from clipzs.errors import EXIT_OK
+from clipzs.errors import EXIT_OK, EXIT_USAGE
 from tests.conftest import ModelFiles, jsonl
 from tests.tinyclip.shapes import CLASSES, draw
 
@@ -55,6 +55,36 @@ def test_aliases_and_label_order_do_not_matter(tiny_clip: ModelFiles, tmp_path: 
     records = jsonl(result.stdout)
     correct = sum(r["label"] == truth[Path(r["path"])].upper() for r in records)  # type: ignore[arg-type]
     assert correct / len(records) >= MIN_ACCURACY
+
+
+LONG = "a shape drawn on a plain background in the middle of the picture seen from above: "
+
+
+@pytest.mark.parametrize(
+    ("labels", "why", "told_apart"),
+    [
+        (  # the model reads 16 tokens: the shapes come after them, so the two labels would always tie
+            [LONG + label for label in CLASSES[:2]],
+            "their prompts differ only past the 16 tokens the model reads, where they are cut",
+            [label + ": " + LONG for label in CLASSES[:2]],
+        ),
+        (
+            ["round=red circle", "disc=red circle", CLASSES[1]],
+            "they have the same prompts",
+            ["round=red circle", "disc=red circle|round thing", CLASSES[1]],
+        ),
+    ],
+)
+def test_labels_the_model_cannot_tell_apart_are_refused(
+    tiny_clip: ModelFiles, tmp_path: Path, labels: list[str], why: str, told_apart: list[str]
+) -> None:
+    images = [str(path) for path in drawn_folder(tmp_path / "shapes", per_class=1, seed=3)]
+    result = CliRunner().invoke(app, ["classify", *images, "-l", ",".join(labels), *tiny_clip.args])
+    first, second = (label.split("=")[0] for label in labels[:2])
+    assert result.exit_code == EXIT_USAGE and result.stdout == ""
+    assert f"labels {first!r} and {second!r} are the same to this model: {why}" in result.stderr
+    apart = CliRunner().invoke(app, ["classify", *images, "-l", ",".join(told_apart), *tiny_clip.args])
+    assert apart.exit_code == EXIT_OK, apart.output
 
 
 def test_reduced_scale_jpeg_decoding_keeps_top_1(
