@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from clipzs.output import Writer
     from clipzs.prediction import Prediction
     from clipzs.prompts import Label
+    from clipzs.sorting import Step
 
 app = typer.Typer(
     name="clipzs",
@@ -572,23 +573,21 @@ def sort_images(
             raise UsageError(f"{dest} is the folder being sorted: give DEST another folder (it may be inside SRC)")
         found = discover([str(src)], sys.stdin.buffer if str(src) == "-" else None)
         paths = [p for p in found if p.exists() and not sorting.inside(p, where)]  # not what an earlier sort put there
+        paths = list(sorting.once_each(paths))  # a file listed twice is sorted once
         if not paths:
             raise UsageError(f"no images found in {src}")
+        if classifier is None:  # the labels' folders now, before the model loads; a classifier file's once read
+            sorting.refuse_shared_folders([label.name for label in _labels(labels, labels_file)], min_score)
         manifest = manifest or dest / "clipzs-manifest.jsonl"
         if not dry_run:
             sorting.prepare_manifest(manifest)  # now, not once the first images are classified
         options = _ModelOptions(model, pretrained, model_config, device, precision)
         zsc = _classifier(options, classifier, labels, labels_file, templates, no_cache)
         _warn_one_label(console, zsc)
-        names = zsc.classifier.names if zsc.classifier else ()
-        if min_score > 0 and any(sorting.folder_name(n).casefold() == sorting.UNSORTED for n in names):
-            raise UsageError(
-                f"a label named {sorting.UNSORTED!r} would share the folder of images scoring below --min-score: "
-                "rename the label"
-            )
+        sorting.refuse_shared_folders(zsc.classifier.names if zsc.classifier else (), min_score)
         skipped = _Skips(console)
         steps = sorting.plan(skipped.reported(zsc.classify_paths(paths, use_cache=not no_cache)), dest, mode, min_score)
-        done = steps if dry_run else sorting.apply(steps, manifest)
+        done = steps if dry_run else sorting.apply(steps, manifest, failed=skipped.step_failed)
         count = 0
         for step in done:
             typer.echo(sorting.step_json(step))
@@ -909,6 +908,12 @@ class _Skips:
                 self.count += 1
                 _report_skipped(self.console, prediction.path, prediction.error)
             yield prediction
+
+    def step_failed(self, step: Step, error: OSError) -> None:
+        """A sort step that could not be carried out (its source deleted meanwhile), skipped as an unreadable
+        image is, so the other images are still sorted."""
+        self.count += 1
+        _report_skipped(self.console, step.source, error.strerror or str(error))
 
 
 def _report_skipped(console: Console, path: str, reason: str) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
+from clipzs import sorting
 from clipzs.cli import app
-from clipzs.errors import EXIT_OK, EXIT_USAGE
-from clipzs.sorting import folder_name
+from clipzs.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
+from clipzs.sorting import Step, apply, folder_name
 from tests.conftest import ModelFiles
 from tests.tinyclip.shapes import draw
 
@@ -273,3 +277,142 @@ def test_a_manifest_is_readied_for_more_steps_without_losing_one(tmp_path: Path)
         with open(manifest, "a") as f:
             f.write(step_json(next_one) + "\n")
         assert read_manifest(manifest) == [done, *kept, next_one]
+
+
+def test_undo_removes_only_what_is_still_a_copy_or_a_link(tmp_path: Path) -> None:
+    """A copy whose source is gone is the only one left, a copy edited since is the user's work, a link replaced
+    by a file is a file: undo leaves each, saying why, and removes the copy and the link it can."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    modes = {"gone": "copy", "edited": "copy", "same": "copy", "link": "link", "replaced": "link"}
+    for name in modes:
+        (src / f"{name}.png").write_bytes(f"image {name}".encode())
+    steps = [Step(str(src / f"{n}.png"), str(dest / m / f"{n}.png"), m, 0.9, m) for n, m in modes.items()]
+    manifest = dest / "clipzs-manifest.jsonl"
+    list(apply(steps, manifest))
+    (src / "gone.png").unlink()
+    (dest / "copy" / "edited.png").write_bytes(b"image edited, cropped")
+    (dest / "link" / "replaced.png").unlink()
+    (dest / "link" / "replaced.png").write_bytes(b"a real file now")
+    code, _, stderr = sort("--undo", str(manifest))
+    assert code == EXIT_OK and "2 removed" in stderr, stderr
+    assert f"{dest / 'copy' / 'gone.png'}: left: the source is gone, this copy is the only one" in stderr
+    assert f"{dest / 'copy' / 'edited.png'}: left: it differs from its source" in stderr
+    assert f"{dest / 'link' / 'replaced.png'}: left: it is not a link now" in stderr
+    assert files(dest) == {"copy/gone.png", "copy/edited.png", "link/replaced.png"}
+    assert (dest / "copy" / "gone.png").read_bytes() == b"image gone"
+
+
+def test_a_sort_from_relative_paths_is_undone_from_another_folder(
+    tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest holds absolute paths (as given, not resolved), not ones relative to where the sort ran."""
+    photo_tree(tmp_path / "src")
+    before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = sort("src", "dest", "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args)
+    steps = [json.loads(line) for line in stdout.splitlines()]
+    assert code == EXIT_OK and len(steps) == 6
+    assert all(Path(s["source"]).is_relative_to(tmp_path / "src") for s in steps)
+    assert all(Path(s["destination"]).is_relative_to(tmp_path / "dest") for s in steps)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, stderr = sort("--undo", str(tmp_path / "dest" / "clipzs-manifest.jsonl"))
+    assert code == EXIT_OK and "6 restored" in stderr, stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_an_interrupted_copy_leaves_no_part_of_a_file(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a copy, or during a move across filesystems (a copy, then the source removed): nothing at
+    the destination's name, which undo would keep and a later sort would work around, and no temporary left."""
+    source, dest = tmp_path / "src" / "0.png", tmp_path / "dest"
+    source.parent.mkdir()
+    source.write_bytes(b"x" * 100_000)
+
+    def another_filesystem(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def part_then_ctrl_c(src: object, dst: str, **kwargs: object) -> None:
+        Path(dst).write_bytes(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", another_filesystem)
+    monkeypatch.setattr(sorting.shutil, "copyfile", part_then_ctrl_c)  # the copy that copy2 makes
+    step = Step(str(source), str(dest / "a" / "0.png"), "a", 0.9, mode)
+    with pytest.raises(KeyboardInterrupt):
+        list(apply([step], dest / "clipzs-manifest.jsonl"))
+    assert sorted(p.name for p in dest.rglob("*")) == ["a", "clipzs-manifest.jsonl"]  # no 0.png, no temporary
+    assert source.read_bytes() == b"x" * 100_000
+
+    monkeypatch.undo()  # no interruption now: still across filesystems for a move
+    monkeypatch.setattr(os, "rename", another_filesystem)
+    assert list(apply([step], tmp_path / "second.jsonl")) == [step]
+    assert (dest / "a" / "0.png").read_bytes() == b"x" * 100_000 and source.exists() == (mode == "copy")
+    assert sorted(p.name for p in (dest / "a").iterdir()) == ["0.png"]
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_an_image_listed_twice_is_sorted_once(tiny_clip: ModelFiles, tmp_path: Path, mode: str) -> None:
+    """A move of it again would find it gone (and stop the sort half-way); a copy of it again is a duplicate."""
+    truth = photo_tree(tmp_path / "src")
+    first = next(iter(truth))
+    listing = [str(p) for p in truth] + [str(first), str(first.parent / ".." / first.parent.name / first.name)]
+    result = CliRunner().invoke(
+        app,
+        ["sort", "-", str(tmp_path / "dest"), "-l", ",".join(SHAPES), "--mode", mode, *tiny_clip.args],
+        input="\n".join(listing),
+    )
+    assert result.exit_code == EXIT_OK and f"sorted ({mode}) 6 of 6" in result.stderr, result.output
+    assert len(files(tmp_path / "dest")) == 6
+    assert len((tmp_path / "dest" / "clipzs-manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_step_that_fails_is_skipped_and_left_out_of_the_manifest(
+    tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image deleted after it was classified: reported as skipped, the others still sorted, and the manifest
+    records only the steps that happened, so undo restores them all and reports nothing missing."""
+    photo_tree(tmp_path / "src")
+    gone = tmp_path / "src" / "a" / "1.png"
+    planned = sorting.plan
+
+    def deleted_meanwhile(*args: object, **kwargs: object) -> object:
+        for step in planned(*args, **kwargs):  # type: ignore[arg-type]
+            if step.source == str(gone):
+                gone.unlink()
+            yield step
+
+    monkeypatch.setattr(sorting, "plan", deleted_meanwhile)
+    dest = tmp_path / "dest"
+    code, stdout, stderr = sort(
+        str(tmp_path / "src"), str(dest), "-l", ",".join(SHAPES), "--mode", "move", *tiny_clip.args
+    )
+    assert code == EXIT_SKIPPED and f"skipped {gone}: No such file or directory" in stderr, stderr
+    assert "sorted (move) 5 of 6" in stderr and len(files(dest)) == 5
+    assert (dest / "clipzs-manifest.jsonl").read_text() == stdout and len(stdout.splitlines()) == 5
+    code, _, stderr = sort("--undo", str(dest / "clipzs-manifest.jsonl"))
+    assert code == EXIT_OK and stderr == "clipzs: undo: 5 restored\n", stderr
+    assert len(files(tmp_path / "src")) == 5
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("red/circle,red_circle", "labels 'red/circle' and 'red_circle' would share the folder 'red_circle'"),
+        ("cat,dog,cat.", "labels 'cat' and 'cat.' would share the folder 'cat'"),
+        ("Cat,cat", "labels 'Cat' and 'cat' would share a folder on a disk that ignores case ('Cat', 'cat')"),
+    ],
+)
+def test_labels_that_would_share_a_folder_are_refused(
+    tiny_clip: ModelFiles, tmp_path: Path, labels: str, message: str
+) -> None:
+    """Their images would be merged into one folder, which of them had which label lost. Refused before the
+    model loads (a missing checkpoint is not reached), and before anything is written."""
+    photo_tree(tmp_path / "src")
+    args = ["-l", labels, "--model-config", str(tiny_clip.config), "--pretrained", str(tmp_path / "missing.pt")]
+    code, stdout, stderr = sort(str(tmp_path / "src"), str(tmp_path / "dest"), *args)
+    assert code == EXIT_USAGE and stdout == "" and message in stderr and "rename one" in stderr, stderr
+    assert not (tmp_path / "dest").exists()
