@@ -422,7 +422,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
         _require_network(name, _hub_endpoint())
     with _hub_offline(offline):
         try:
-            with _skip_random_init(), _map_checkpoints():
+            with _skip_random_init(), _map_checkpoints(), _no_resizing(Path(pretrained).expanduser().is_file()):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name,
                     pretrained=checkpoint,
@@ -527,6 +527,41 @@ def _map_checkpoints() -> Iterator[None]:
         yield
     finally:
         torch.load = original
+
+
+@contextlib.contextmanager
+def _no_resizing(refuse: bool) -> Iterator[None]:
+    """Refuse, while ``refuse``, to load a checkpoint whose position embeddings open_clip would resize to the
+    model's: weights for another image size, patch size or text context, which it interpolates without a word,
+    giving other numbers than the model they were trained as (a ViT-B-32-256 checkpoint loaded as ViT-B-32)."""
+    import open_clip.factory as factory
+
+    names = ("resize_pos_embed", "resize_text_pos_embed")
+    originals = {name: getattr(factory, name, None) for name in names}
+
+    def guarded(resize: Callable[..., Any]) -> Callable[..., Any]:
+        def run(state_dict: dict[str, Any], model: Any, *args: Any, **kwargs: Any) -> Any:
+            own = model.state_dict()
+            for key, value in state_dict.items():
+                if "positional_embedding" in key and key in own and tuple(own[key].shape) != tuple(value.shape):
+                    raise ModelError(
+                        f"the checkpoint's {key} is {list(value.shape)}, the model's {list(own[key].shape)}: it was "
+                        "trained for another image size, patch size or text context, which open_clip would resize it to"
+                    )
+            return resize(state_dict, model, *args, **kwargs)
+
+        return run
+
+    if refuse:
+        for name, original in originals.items():
+            if original is not None:
+                setattr(factory, name, guarded(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            if original is not None:
+                setattr(factory, name, original)
 
 
 def _check_model_config(path: Path) -> None:

@@ -149,6 +149,30 @@ def test_usage_errors_are_one_clear_line(photos: list[Path], args: list[str], me
     assert message in stderr and stderr.startswith("clipzs: error: ") and stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"vision_cfg": {"image_size": 64}}, "visual.positional_embedding is [17, 128], the model's [65, 128]"),
+        ({"text_cfg": {"context_length": 8}}, "positional_embedding is [16, 64], the model's [8, 64]"),
+    ],
+)
+def test_a_checkpoint_for_another_input_size_is_refused(
+    tiny_clip: ModelFiles, photos: list[Path], tmp_path: Path, change: dict[str, dict[str, int]], key: str
+) -> None:
+    """open_clip would resize its position embeddings to the config's without a word: other numbers."""
+    config = json.loads(tiny_clip.config.read_text())
+    for part, values in change.items():
+        config[part].update(values)
+    other = tmp_path / "tiny-clip.json"  # (the checkpoint's model's name, another config)
+    other.write_text(json.dumps(config))
+    args = ["--model-config", str(other), "-p", str(tiny_clip.checkpoint), "--device", "cpu"]
+    code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat,dog", *args)
+    assert code == EXIT_USAGE and stdout == "" and stderr.count("\n") == 1
+    assert f"the checkpoint's {key}: it was trained for another image size" in stderr
+    assert "give its --model or --model-config" in stderr
+    assert run("classify", str(photos[0]), "-l", "cat,dog", *tiny_clip.args)[0] == EXIT_OK
+
+
 def test_models_of_an_unknown_name_suggest_names() -> None:
     code, stdout, stderr = run("models", "vit-b-32")
     assert code == EXIT_USAGE and stdout == "" and "(did you mean ViT-B-32," in stderr
