@@ -429,14 +429,12 @@ def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tok
         j = seen.setdefault(rows.numpy().tobytes(), i)
         if j != i:
             why = (
-                "they have the same prompts"
+                "they have the same prompts; give each aliases of its own"
                 if prompts[i] == prompts[j]
-                else f"their prompts differ only past the {rows.shape[1]} tokens the model reads, where they are cut"
+                else f"their prompts differ only past the {rows.shape[1]} tokens the model reads, where they are "
+                "cut; shorten them or put what tells them apart first"
             )
-            raise UsageError(
-                f"labels {labels[j].name!r} and {labels[i].name!r} are the same to this model: {why}; "
-                "shorten them or put what tells them apart first"
-            )
+            raise UsageError(f"labels {labels[j].name!r} and {labels[i].name!r} are the same to this model: {why}")
 
 
 @dataclass(frozen=True)
