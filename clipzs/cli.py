@@ -196,7 +196,7 @@ def classify(
         chosen = choose_format(fmt, str(output) if output else None, sys.stdout.isatty())
         stdin = sys.stdin.buffer if "-" in inputs else None
         paths = list(discover(inputs, stdin))
-        if not any(p.exists() for p in paths):
+        if not any(os.path.exists(p) for p in paths):  # (Path.exists raises for a name too long, say)
             missing = [item for item in inputs if item != "-" and not Path(item).exists()]
             detail = f" ({', '.join(missing)}: no such file or folder)" if missing else ""
             raise UsageError(f"no images found in {', '.join(inputs)}{detail}")
@@ -572,7 +572,8 @@ def sort_images(
         if where == src.resolve():
             raise UsageError(f"{dest} is the folder being sorted: give DEST another folder (it may be inside SRC)")
         found = discover([str(src)], sys.stdin.buffer if str(src) == "-" else None)
-        paths = [p for p in found if p.exists() and not sorting.inside(p, where)]  # not what an earlier sort put there
+        # (not what an earlier sort put there; os.path.exists, as Path.exists raises for a name too long, say)
+        paths = [p for p in found if os.path.exists(p) and not sorting.inside(p, where)]
         paths = list(sorting.once_each(paths))  # a file listed twice is sorted once
         if not paths:
             raise UsageError(f"no images found in {src}")
@@ -918,9 +919,9 @@ class _Skips:
 
 def _report_skipped(console: Console, path: str, reason: str) -> None:
     """The one-line warning for an input that could not be read (its record says so too)."""
-    from clipzs.output import printable
+    from clipzs.output import shortened
 
-    console.print(f"clipzs: skipped {printable(path)}: {reason}")
+    console.print(f"clipzs: skipped {shortened(path)}: {reason}")
 
 
 @contextlib.contextmanager
@@ -983,11 +984,11 @@ def _check_same_labels(done: dict[str, str | None], zsc: ZeroShotClassifier, out
 
 def _os_reason(error: OSError) -> str:
     """'PATH: reason', as other command-line tools say it."""
-    from clipzs.output import printable
+    from clipzs.output import shortened
 
     reason = error.strerror or str(error)
     names = [n for n in (error.filename, error.filename2) if n is not None]
-    shown = " -> ".join(printable(os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n)) for n in names)
+    shown = " -> ".join(shortened(os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n)) for n in names)
     return f"{shown}: {reason}" if names else reason
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from clipzs.images import ORIENTATION_TAG
+from clipzs.images import ELONGATED_RATIO, ORIENTATION_TAG
 
 X_RESOLUTION_TAG = 0x011A
 MAX_FILE_BYTES = 1 << 30
@@ -96,12 +96,15 @@ def read_jpeg(path: Path) -> JpegBytes | None:
     Decode threads run this for every file. ``plain_jpeg`` answers for most files by walking the JPEG's
     segment headers; Pillow is asked only where it cannot tell, since Pillow's parser is Python holding the
     GIL, which many threads then queue for (measured: per-file Pillow checks on 2 to 32 threads ran 2 to 3
-    times slower than on one). Only regular files of a JPEG's size that start like a JPEG are read whole: a
-    pipe (``<(...)``) is left unread for the CPU path, which reads it once.
+    times slower than on one). Only regular files of a JPEG's size that start like a JPEG are read whole: what
+    ``stat`` says is no regular file (a pipe, a device) is not even opened, and left to the CPU path, which reads
+    a ``<(...)`` pipe once and reports any other (opening a FIFO would let a writer waiting on it go on).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block here, nor lose bytes
-    except OSError:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # replaced by a FIFO since: must not block, nor lose bytes
+    except (OSError, ValueError):
         return None
     try:
         info = os.fstat(fd)
@@ -128,7 +131,7 @@ def _pillow_says_plain(data: bytes | bytearray) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as ``images.load_image``
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # no other opener need see the bytes
                 return (
                     image.format == "JPEG"
                     and image.mode in ("RGB", "L")
@@ -247,7 +250,8 @@ def _exif_orientation(tiff: bytes) -> int | None:
 def decode_batch(
     jpegs: Sequence[JpegBytes], device: torch.device, geometry: DeviceGeometry
 ) -> list[torch.Tensor | None]:
-    """Decode, resize and crop on the device: uint8 [size, size, 3] each, or None where decoding failed."""
+    """Decode, resize and crop on the device: uint8 [size, size, 3] each, or None where decoding failed or the
+    image is far longer than wide (``_elongated``)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     def settle() -> None:
@@ -260,9 +264,10 @@ def decode_batch(
     def one(jpeg: JpegBytes) -> torch.Tensor | None:
         settle()
         try:
-            return geometry.apply(decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=device))
+            image = decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             return None
+        return None if _elongated(image) else geometry.apply(image)
 
     with warnings.catch_warnings():  # torchvision 0.29 announces that its decoders move to TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -271,7 +276,16 @@ def decode_batch(
             decoded = decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one bad file fails the whole batch: decode them one by one instead
             return [one(jpeg) for jpeg in jpegs]
-    return list(geometry.apply_many(decoded))
+    resized = iter(geometry.apply_many([image for image in decoded if not _elongated(image)]))
+    return [None if _elongated(image) else next(resized) for image in decoded]
+
+
+def _elongated(image: torch.Tensor) -> bool:
+    """Whether an image is more than ``ELONGATED_RATIO`` times as long as wide: resizing its shorter side to the
+    model's size would make a huge image (a 1 x 65,535 JPEG: 224 x 14.7 million pixels), so it is left to the
+    CPU path, which resizes only the part the crop keeps (``images.resized_crop``)."""
+    height, width = image.shape[-2:]
+    return max(height, width) > ELONGATED_RATIO * min(height, width)
 
 
 def resolve(

@@ -32,7 +32,7 @@ from clipzs.cache import file_sha256, file_version, key_of
 from clipzs.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
-from clipzs.images import Draft
+from clipzs.images import Draft, resized_crop
 
 logger = logging.getLogger("clipzs")
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -217,6 +217,46 @@ class PixelPipeline:
         return images.sub(mean).div(std)
 
 
+@dataclass(frozen=True)
+class PixelGeometry:
+    """The preprocess's PIL steps (a torchvision Compose: resize, crop, mode), run as they are, but for an image
+    far longer than wide when they start with a resize of the shorter side and a centre crop: that is resized
+    only where the crop keeps it (``images.resized_crop``), not whole, which could take gigabytes."""
+
+    steps: Any
+
+    @property
+    def transforms(self) -> list[Any]:
+        """The steps, as ``DeviceGeometry.of`` and ``LoadedModel.draft`` read them."""
+        return list(self.steps.transforms)
+
+    def __call__(self, image: Any) -> Any:
+        cropped = self._resized_crop(image)
+        if cropped is None:
+            return self.steps(image)
+        for step in self.transforms[2:]:
+            cropped = step(cropped)
+        return cropped
+
+    def _resized_crop(self, image: Any) -> Any:
+        """The first two steps' result by ``images.resized_crop``, or None where the steps run as they are."""
+        from PIL import Image
+        from torchvision.transforms import CenterCrop, Resize
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        steps = self.transforms
+        if len(steps) < 2 or not isinstance(image, Image.Image):
+            return None
+        resize, crop = steps[0], steps[1]
+        if not isinstance(resize, Resize) or not isinstance(crop, CenterCrop) or resize.max_size is not None:
+            return None
+        sizes = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+        if len(sizes) != 1:
+            return None  # both sides resized to a size of their own: nothing grows
+        resample = Image.Resampling(pil_modes_mapping[resize.interpolation])
+        return resized_crop(image, int(sizes[0]), (int(crop.size[0]), int(crop.size[1])), resample)
+
+
 def split_preprocess(preprocess: Any) -> PixelPipeline | None:
     """Split a torchvision Compose ending in ToTensor, Normalize; None for any other shape."""
     from torchvision.transforms import Compose, Normalize, ToTensor
@@ -224,7 +264,7 @@ def split_preprocess(preprocess: Any) -> PixelPipeline | None:
     steps = list(getattr(preprocess, "transforms", []))
     if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
         return None
-    return PixelPipeline(Compose(steps[:-2]), tuple(steps[-1].mean), tuple(steps[-1].std))
+    return PixelPipeline(PixelGeometry(Compose(steps[:-2])), tuple(steps[-1].mean), tuple(steps[-1].std))
 
 
 def _cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

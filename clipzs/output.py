@@ -413,3 +413,17 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+MAX_SHOWN = 200
+"""The most characters of a path that a one-line message shows (``shortened``)."""
+
+
+def shortened(text: str, limit: int = MAX_SHOWN) -> str:
+    """``printable`` text cut in its middle to ``limit`` characters, for one-line messages: both the start of a
+    path and its file name stay. A line of binary data read as a path made a message of kilobytes."""
+    shown = printable(text)
+    if len(shown) <= limit:
+        return shown
+    keep = (limit - 3) // 2
+    return f"{shown[:keep]}...{shown[-keep:]}"

@@ -3,13 +3,16 @@ hard to decode right, and inputs that cannot be decoded at all. Plain functions;
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import io
 import os
 import struct
+import threading
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +234,41 @@ def write_bad_inputs(folder: Path) -> dict[Path, str]:
     else:
         bad[locked] = "permission denied"
     return bad
+
+
+@contextlib.contextmanager
+def waiting_fifo(path: Path) -> Iterator[threading.Event]:
+    """A named pipe at ``path`` with a writer waiting for a reader: the event is set once anything opens it for
+    reading. The writer is there so that code that wrongly opens the pipe goes on (and fails its test) rather than
+    wait for ever: it opens the pipe again after each reader, until it is let go on leaving."""
+    os.mkfifo(path)
+    opened, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        while not done.is_set():
+            with open(path, "wb"):  # blocks until a reader opens the pipe; the reader then reads it empty
+                opened.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 1  # a reader that comes before the writer waits would go unnoticed
+    while time.monotonic() < deadline and not _waiting_for_a_reader(writer):
+        time.sleep(0.01)
+    try:
+        yield opened
+    finally:
+        done.set()
+        for _ in range(50):
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+            writer.join(0.1)
+            if not writer.is_alive():
+                break
+
+
+def _waiting_for_a_reader(thread: threading.Thread) -> bool:
+    """Whether a thread waits in ``open`` for a pipe's reader, where Linux says so (else the caller waits a while)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+            return f.read() == "wait_for_partner"
+    except OSError:
+        return False

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from clipzs.cli import app
 from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE
 from tests.conftest import ModelFiles, jsonl
-from tests.corpus import write_bad_inputs, write_tricky_images
+from tests.corpus import waiting_fifo, write_bad_inputs, write_tricky_images
 
 
 def test_bad_inputs_are_reported_and_skipped(rand_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
@@ -126,3 +126,46 @@ def test_a_classifier_in_use_survives_its_file_being_cut(rand_clip: ModelFiles, 
     expected = loaded.weights.sum().item()
     clf.write_bytes(b"")  # a file mapped into memory would now fault on the next read (SIGBUS)
     assert loaded.weights.sum().item() == expected
+
+
+def test_entries_a_path_list_or_a_folder_cannot_use_cost_themselves_alone(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    """A name too long in a path list stopped the run (exit 2); a pipe in it hung the run for good (and a server
+    with it); a link loop in a folder hid the rest of the folder. Each is reported, and the rest scored."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for photo in photos[:2]:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    long, pipe = tmp_path / ("x" * 300 + ".jpg"), tmp_path / "pipe.jpg"
+    with waiting_fifo(pipe) as opened:
+        result = CliRunner().invoke(
+            app,
+            ["classify", "-", str(folder), "-l", "cat,rocket", "-f", "jsonl", *rand_clip.args],
+            input=f"{long}\n{pipe}\n{photos[2]}\n",
+        )
+        assert not opened.wait(0.3), "the pipe was opened"
+    assert result.exit_code == EXIT_SKIPPED, result.output
+    errors = {r["path"]: r.get("error") for r in jsonl(result.stdout)}
+    assert errors == {
+        str(long): "file name too long",
+        str(pipe): "not a regular file but a pipe, left unread",
+        str(photos[2]): None,
+        **{str(folder / photo.name): None for photo in photos[:2]},
+        str(folder / "loop.jpg"): "too many levels of symbolic links",
+    }
+    warnings = result.stderr.splitlines()
+    assert len([line for line in warnings if line.startswith("clipzs: skipped ")]) == 3
+    assert max(map(len, warnings)) < 300  # the long name is shown cut, with its start and its end
+    assert "scored 3 of 6 images, skipped 3" in warnings[-1]
+
+
+def test_an_image_piped_in_instead_of_a_path_list_is_said_to_be_one(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    """Its bytes were read as paths, and a kilobyte of them printed as the error."""
+    result = CliRunner().invoke(
+        app, ["classify", "-", "-l", "cat,rocket", *rand_clip.args], input=photos[0].read_bytes()
+    )
+    assert result.exit_code == EXIT_USAGE
+    said = "stdin holds JPEG image data, not a list of paths: name the image file instead"
+    assert result.stderr == f"clipzs: error: {said}\n"

@@ -15,7 +15,7 @@ import torch
 from clipzs.api import ZeroShotClassifier
 from clipzs.device_decode import DeviceGeometry, read_jpeg
 from clipzs.errors import UsageError
-from tests.corpus import write_bad_inputs, write_tricky_images
+from tests.corpus import waiting_fifo, write_bad_inputs, write_tricky_images
 from tests.test_tiny_clip import MIN_ACCURACY, drawn_folder
 
 
@@ -243,3 +243,31 @@ def test_only_regular_files_of_a_jpegs_size_are_read_for_the_device(tmp_path: Pa
         assert read_jpeg(tmp_path / name) is None, name
     (tmp_path / "photo.jpg").write_bytes(jpeg_variants()["plain"])
     assert read_jpeg(tmp_path / "photo.jpg") is not None
+
+
+def test_a_pipe_is_not_even_opened_for_the_device(tmp_path: Path) -> None:
+    """Opening a pipe, even without waiting, lets a writer waiting on it go on (to write into a pipe that is then
+    closed); the CPU path reports it unread."""
+    with waiting_fifo(tmp_path / "pipe.jpg") as opened:
+        assert read_jpeg(tmp_path / "pipe.jpg") is None
+        assert not opened.wait(0.3), "the pipe was opened"
+
+
+def test_an_elongated_jpeg_is_left_to_the_cpu(tiny: ZeroShotClassifier, tmp_path: Path) -> None:
+    """Resizing its shorter side to the model's on the device makes a huge image (a 1 x 65,535 JPEG: 224 x 14.7
+    million pixels for a 224-pixel model); the CPU path resizes only the part the crop keeps."""
+    from PIL import Image
+
+    from clipzs.device_decode import JpegBytes, decode_batch
+
+    drawn = Image.new("RGB", (64, 48), (200, 30, 30))
+    paths = [tmp_path / "long.jpg", tmp_path / "plain.jpg"]
+    drawn.resize((20, 1000)).save(paths[0])
+    drawn.save(paths[1])
+    jpegs = [JpegBytes(p, torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)) for p in paths]
+    long, plain = decode_batch(jpegs, torch.device("cpu"), DeviceGeometry(32))
+    assert long is None and plain is not None and plain.shape == (32, 32, 3)
+    on_device = list(tiny.classify_paths(paths, use_cache=False, device_decode=True))
+    on_cpu = list(tiny.classify_paths(paths, use_cache=False, device_decode=False))
+    assert [(p.label, p.error) for p in on_device] == [(p.label, p.error) for p in on_cpu]
+    assert on_device[0].score == pytest.approx(on_cpu[0].score, abs=1e-5)

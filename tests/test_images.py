@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipzs.errors import ImageError
+from clipzs.errors import ImageError, UsageError
 from clipzs.images import (
     DRAFT_MIN_REDUCTION,
     NEUTRAL_BACKGROUND,
@@ -31,6 +34,7 @@ from tests.corpus import (
     other_frame,
     photo,
     reference,
+    waiting_fifo,
     write_bad_inputs,
     write_photos,
     write_tricky_images,
@@ -317,3 +321,170 @@ def test_discover_yields_explicit_files_as_given_and_expands_folders(tmp_path: P
 def test_dash_reads_a_path_list_from_stdin(data: bytes, paths: list[str]) -> None:
     assert list(discover(["-"], io.BytesIO(data))) == [Path(p) for p in paths]
     assert read_path_list(io.BytesIO(data)) == paths
+
+
+def test_a_link_loop_costs_that_entry_alone(tmp_path: Path) -> None:
+    """A link to itself made the walk give up its whole folder: 1 image of 5 was scored, or none."""
+    make_tree(tmp_path, [f"{i}.png" for i in range(5)])
+    (tmp_path / "self.png").symlink_to("self.png")  # looking at its target fails: too many levels of links
+    assert [p.name for p in walk(tmp_path)] == ["0.png", "1.png", "2.png", "3.png", "4.png", "self.png"]
+    with pytest.raises(ImageError, match=r"^too many levels of symbolic links$"):
+        load_image(tmp_path / "self.png")
+
+
+def test_an_entry_or_folder_that_cannot_be_looked_at_costs_itself_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user who is not root meets them: a link into a folder they may not enter, a folder they may not list."""
+    import errno
+
+    make_tree(tmp_path, ["a.png", "b.png", "locked/c.png", "open/d.png"])
+    (tmp_path / "denied.png").symlink_to(tmp_path / "locked" / "inner" / "c.png")  # stat: EACCES, not root
+    scandir = os.scandir
+
+    class Denied:
+        """The link's directory entry as a user who may not enter the folder it leads into sees it."""
+
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path = entry.name, entry.path
+
+        def is_dir(self, follow_symlinks: bool = True) -> bool:
+            return False
+
+        def is_symlink(self) -> bool:
+            return True
+
+        def is_file(self, follow_symlinks: bool = True) -> bool:
+            raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+    def listing(path: str) -> object:
+        if path.endswith("locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        entries = list(scandir(path))
+        return contextlib.nullcontext([Denied(e) if e.name == "denied.png" else e for e in entries])
+
+    monkeypatch.setattr(os, "scandir", listing)
+    expected = ["a.png", "b.png", "denied.png", "open/d.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == expected
+
+
+def test_pipes_sockets_and_devices_are_reported_without_being_opened(tmp_path: Path) -> None:
+    """Opening a pipe waited for a writer for ever (and Ctrl-C with it); /dev/zero never ends."""
+    import socket
+
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "socket.jpg"))
+    with unix, waiting_fifo(tmp_path / "pipe.jpg") as opened:
+        for path in (tmp_path / "pipe.jpg", tmp_path / "socket.jpg", Path(os.devnull)):
+            with pytest.raises(ImageError, match=r"^not a regular file"):
+                load_image(path)
+        assert not opened.wait(0.3), "the pipe was opened"
+
+
+def test_a_pipe_of_this_process_is_read_as_process_substitution_gives_it(tmp_path: Path) -> None:
+    """``clipzs classify <(curl ...)`` names /dev/fd/N: a pipe the shell opened, with a writer."""
+    data = io.BytesIO()
+    reference().save(data, "PNG")
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write, data.getvalue()), os.close(write)))
+    writer.start()
+    try:
+        assert load_image(Path(f"/dev/fd/{read}")).size == TRICKY_SIZE
+    finally:
+        writer.join(5)
+        os.close(read)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("x" * 300 + ".jpg", "file name too long"), ("a.jpg/b.jpg", "not a directory")],
+    ids=["name-too-long", "file-as-folder"],
+)
+def test_a_path_that_cannot_be_looked_up_says_why(tmp_path: Path, name: str, reason: str) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match=f"^{reason}$"):
+        load_image(tmp_path / name)
+
+
+def test_only_the_formats_of_the_walked_extensions_are_opened(
+    tmp_path: Path, tricky_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EPS content named .jpg went to Pillow's EPS plugin, which runs Ghostscript (when installed) on the file."""
+    from PIL import EpsImagePlugin
+
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("the EPS plugin was handed the file")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", never)
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", never)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", never)
+    eps = tmp_path / "x.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n")
+    with pytest.raises(ImageError, match=r"^unsupported format EPS "):
+        load_image(eps)
+    from clipzs.images import image_formats
+
+    assert {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA"} <= set(image_formats())
+    assert not {"EPS", "PDF", "PSD", "ICO"} & set(image_formats())
+    mpo = tmp_path / "two-pictures.jpg"  # what cameras with two lenses write: Pillow's JPEG opener makes it MPO
+    reference().save(mpo, "MPO", save_all=True, append_images=[other_frame()])
+    assert difference(load_image(mpo), reference()) < 3
+    png = tmp_path / "png-named.jpg"  # read by its content, as before
+    reference().save(png, "PNG")
+    assert load_image(png).size == TRICKY_SIZE
+    sizes = {p.name: load_image(p).size for p in tricky_dir.iterdir()}  # every awkward but valid file still reads
+    assert sizes == dict.fromkeys(sizes, TRICKY_SIZE)
+
+
+def test_an_image_piped_in_as_a_path_list_is_refused_as_such() -> None:
+    data = io.BytesIO()
+    reference().save(data, "PNG")
+    with pytest.raises(UsageError, match=r"^stdin holds PNG image data, not a list of paths"):
+        read_path_list(io.BytesIO(data.getvalue()))
+    assert read_path_list(io.BytesIO(b"BMW.jpg\nGIF.png\n")) == ["BMW.jpg", "GIF.png"]  # names are not signatures
+
+
+def geometry_of(size: int) -> Any:
+    """open_clip's PIL preprocess steps for a ``size``-pixel model (resize the shorter side, centre crop), as
+    clipzs runs them (``split_preprocess``)."""
+    import open_clip
+
+    from clipzs.model import split_preprocess
+
+    pixels = split_preprocess(open_clip.image_transform(size, is_train=False))
+    assert pixels is not None
+    return pixels.geometry
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_an_elongated_image_is_resized_only_where_the_crop_keeps_it(
+    size: int, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 471-byte PNG of 1 x 100,000 pixels was resized whole to 32 x 3.2 million pixels for a 32-pixel model
+    before the crop (570 MB), a 1 x 10,000 one to 224 x 2.24 million for a 224-pixel model (2 GB). The pixels are
+    the same to within rounding; those of every other image exactly the same."""
+    from torchvision.transforms import Compose
+
+    geometry = geometry_of(size)
+    whole = Compose(list(geometry.transforms))  # the steps as open_clip runs them
+    for path in photos:  # ordinary photos: exactly open_clip's pixels
+        image = load_image(path)
+        assert np.array_equal(np.asarray(geometry(image)), np.asarray(whole(image))), path.name
+    base = photo("astronaut")
+    for shape in [(40, 700), (700, 40), (7, 300), (2, 400), (400, 3)]:
+        image = base.resize(shape, Image.Resampling.BICUBIC)
+        got, want = (np.asarray(g(image), dtype=np.int16) for g in (geometry, whole))
+        assert got.shape == want.shape == (size, size, 3), shape
+        assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.2, shape
+    resize = Image.Image.resize
+    asked: list[tuple[int, int]] = []
+
+    def resize_small(image: Image.Image, to: tuple[int, int], *args: Any, **kwargs: Any) -> Image.Image:
+        asked.append(to)
+        assert to[0] * to[1] <= 4 * size * size, f"resized to {to}"  # (before it takes the memory)
+        return resize(image, to, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize_small)
+    for shape in [(1, 100_000), (100_000, 1), (1, 10_000)]:
+        assert np.asarray(geometry(Image.new("RGB", shape, (200, 30, 30)))).shape == (size, size, 3)
+    assert asked
