@@ -202,9 +202,12 @@ class ZeroShotClassifier:
         """Score image files as given (no folder walking), in order; unreadable ones carry their error.
 
         The options are those of ``encode_paths``; they are checked now, the images read as the results are iterated.
+        The classifier is the one current now: a ``build`` or ``use`` before the results are all read changes
+        later calls, not these results.
         """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
+        classifier = self.classifier  # bound now, not when the results are iterated (they could mix two label sets)
         k = _at_least_one("top_k", top_k)
         encoded = self.encode_paths(
             paths,
@@ -214,7 +217,7 @@ class ZeroShotClassifier:
             fast_decode=fast_decode,
             device_decode=device_decode,
         )
-        return (p for group in _batched(encoded, DEFAULT_BATCH_SIZE) for p in self.predict(group, k))
+        return (p for group in _batched(encoded, DEFAULT_BATCH_SIZE) for p in self.predict(group, k, classifier))
 
     def classify_images(
         self,
@@ -229,33 +232,47 @@ class ZeroShotClassifier:
 
         A prediction's ``path`` is the file PIL opened the image from, or ""; an image whose pixels cannot be read
         (opened lazily from a truncated file) carries its error. The arguments are checked now; the images are
-        read as the results are iterated. Nothing is cached: features are cached by file.
+        read as the results are iterated, against the classifier current now (as ``classify_paths``). Nothing is
+        cached: features are cached by file.
         """
         if self.classifier is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
         k = _at_least_one("top_k", top_k)
         hint = "a list such as [Image.open('photo.jpg')] (classify() takes paths)"
         items = _items(images, (Image.Image,), "images", hint)
-        return self._classify_images(items, k, *self._batch_and_workers(batch_size, workers))
+        return self._classify_images(items, k, *self._batch_and_workers(batch_size, workers), self.classifier)
 
     def _classify_images(
-        self, images: Iterable[Image.Image], k: int, batch_size: int, workers: int
+        self, images: Iterable[Image.Image], k: int, batch_size: int, workers: int, classifier: Classifier
     ) -> Iterator[Prediction]:
-        def prepare(image: Image.Image) -> np.ndarray | torch.Tensor | ImageError:
+        def load(image: Image.Image) -> tuple[str, Image.Image | ImageError]:
+            """The image's name and its own copy of its pixels, read in the thread that pulls it from ``images``,
+            before the next is pulled: a generator may close it once yielded (``with Image.open(f) as im: yield
+            im``; close() frees the pixels of the image itself), and the same lazily opened image may come several
+            times (worker threads loading it at once break Pillow). The workers resize and crop."""
+            filename = getattr(image, "filename", "")
+            name = os.fsdecode(filename) if isinstance(filename, (str, bytes)) else ""
             try:
-                return self.model.prepare(from_memory(image))
+                rgb = from_memory(image)
+            except ImageError as e:
+                return name, e
+            return name, rgb.copy() if rgb is image else rgb
+
+        def prepare(item: tuple[str, Image.Image | ImageError]) -> np.ndarray | torch.Tensor | ImageError:
+            _, pixels = item
+            if isinstance(pixels, ImageError):
+                return pixels
+            try:
+                return self.model.prepare(pixels)
             except ImageError as e:
                 return e
 
-        def name(image: Image.Image) -> str:
-            filename = getattr(image, "filename", "")
-            return os.fsdecode(filename) if isinstance(filename, (str, bytes)) else ""
-
-        for group in _batched(ordered_map(prepare, images, workers, window=2 * batch_size), batch_size):
+        loaded = (load(image) for image in images)
+        for group in _batched(ordered_map(prepare, loaded, workers, window=2 * batch_size), batch_size):
             pixels = [x for _, x in group if not isinstance(x, ImageError)]
             encoded = iter(self.model.encode_prepared(pixels) if pixels else ())
             yield from self.predict(
-                [(name(image), x if isinstance(x, ImageError) else next(encoded)) for image, x in group], k
+                [(name, x if isinstance(x, ImageError) else next(encoded)) for (name, _), x in group], k, classifier
             )
 
     def encode_paths(
@@ -360,13 +377,16 @@ class ZeroShotClassifier:
     def scores_sum_to_one(self) -> bool:
         """Whether scores are a softmax over the labels (one label then always scores 1), not independent
         sigmoids as SigLIP's zero-shot scores are."""
-        clf = self.classifier
+        return self._sums_to_one(self.classifier)
+
+    def _sums_to_one(self, clf: Classifier | None) -> bool:
         return clf is not None and (clf.logit_scale is not None or self.model.logit_bias is None)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits [N, C] of image features [N, D] against the classifier, which rank the labels: a zero-shot
-        classifier uses the model's temperature (and SigLIP's bias), a trained one its own scale and bias."""
-        clf = self.classifier
+    def logits(self, features: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
+        """Logits [N, C] of image features [N, D] against the classifier (by default the current one), which rank
+        the labels: a zero-shot classifier uses the model's temperature (and SigLIP's bias), a trained one its own
+        scale and bias."""
+        clf = classifier if classifier is not None else self.classifier
         if clf is None:
             raise UsageError("no classifier: call build(labels) or load a classifier file first")
         if clf.logit_scale is not None:
@@ -402,14 +422,21 @@ class ZeroShotClassifier:
             for path, _, x in items
         ]
 
-    def predict(self, items: Sequence[tuple[str | Path, torch.Tensor | ImageError]], k: int) -> Iterator[Prediction]:
-        """Score features against the classifier: top-k labels per readable image, the error otherwise."""
-        assert self.classifier is not None
+    def predict(
+        self,
+        items: Sequence[tuple[str | Path, torch.Tensor | ImageError]],
+        k: int,
+        classifier: Classifier | None = None,
+    ) -> Iterator[Prediction]:
+        """Score features against the classifier (by default the current one): top-k labels per readable image,
+        the error otherwise."""
+        clf = classifier if classifier is not None else self.classifier
+        assert clf is not None
         features = [x for _, x in items if isinstance(x, torch.Tensor)]
         if features:
-            logits = self.logits(torch.stack(features))
-            values, indices = (t.tolist() for t in scoring.top_k(logits, k, sigmoid=not self.scores_sum_to_one))
-        names = self.classifier.names
+            logits = self.logits(torch.stack(features), clf)
+            values, indices = (t.tolist() for t in scoring.top_k(logits, k, sigmoid=not self._sums_to_one(clf)))
+        names = clf.names
         row = 0
         for path, x in items:
             if isinstance(x, ImageError):

@@ -250,7 +250,10 @@ def _check_readable(path: Path) -> None:
 
 def from_memory(image: Image.Image) -> Image.Image:
     """An image the caller opened or made, as ``load_image`` gives a file's: upright RGB pixels (of the frame it is
-    at), or ImageError when its pixels cannot be read (opened lazily from a truncated file, say, or closed)."""
+    at), or ImageError when its pixels cannot be read (opened lazily from a truncated file, say, or closed) or there
+    are none (a crop of an empty box: the model's resize would divide by its zero width or height)."""
+    if 0 in image.size:
+        raise ImageError(f"the image has no pixels ({image.width}x{image.height})")
     try:
         image.load()
         return to_rgb(_upright(image))
@@ -260,6 +263,8 @@ def from_memory(image: Image.Image) -> Image.Image:
         if "closed image" in str(e):
             raise ImageError("the image was closed before it was classified") from e
         raise ImageError(f"corrupt or truncated image ({e})") from e
+    except AssertionError as e:  # Pillow's ``assert self.fp is not None``: opened lazily, its file closed unread
+        raise ImageError("the image was closed before it was classified") from e
     except (OSError, SyntaxError, EOFError, IndexError, TypeError) as e:
         raise ImageError(f"corrupt or truncated image ({e})") from e
 

@@ -28,6 +28,17 @@ class Label:
     name: str
     aliases: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        # A string's letters would each be an alias ("a photo of a c."): refused, as the library refuses a lone
+        # string wherever it takes a list. A list is kept as a tuple, so that labels compare and hash alike.
+        if not isinstance(self.aliases, (list, tuple)) or not all(isinstance(a, str) for a in self.aliases):
+            one = f"Label({self.name!r}, ({self.aliases!r},)), or several: " if isinstance(self.aliases, str) else ""
+            raise UsageError(
+                f"a label's aliases must be a list or tuple of strings, not {self.aliases!r}: "
+                f"{one}Label('circle', ('circle', 'round'))"
+            )
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+
 
 def _prompts_dir() -> Path:
     """Built-in template sets: inside the installed package, or prompts/ beside it in a source checkout."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,42 @@ def test_an_image_that_cannot_be_read_is_reported_and_the_rest_are_scored(
 def test_mistakes_are_refused_when_called(tiny: ZeroShotClassifier, images: object, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         tiny.classify_images(images)  # type: ignore[arg-type]
+
+
+def test_a_generator_may_close_each_image_once_yielded(tiny: ZeroShotClassifier, photos: list[Path]) -> None:
+    """The usual idiom: each image is read before the next is asked for, so the with block may close it."""
+    pulled: list[Path] = []
+
+    def opened() -> Iterator[Image.Image]:
+        for path in photos:
+            pulled.append(path)
+            with Image.open(path) as image:
+                yield image
+
+    expected = [(p.path, p.label) for p in tiny.classify_paths(photos, use_cache=False, fast_decode=False)]
+    for workers in (1, 4):
+        results = tiny.classify_images(opened(), batch_size=2, workers=workers)
+        assert pulled == []  # nothing read before the results are
+        assert [(p.path, p.label) for p in results] == expected
+        pulled.clear()
+    with Image.open(photos[0]) as unread:  # closed before its pixels were read: said, not a traceback
+        pass
+    assert [p.error for p in tiny.classify_images([unread])] == ["the image was closed before it was classified"]
+
+
+def test_one_lazily_opened_image_given_many_times(tiny: ZeroShotClassifier, tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    draw(CLASSES[0], np.random.default_rng(3), size=2048).save(path, quality=92)
+    image = Image.open(path)  # not loaded: the worker threads must not all load it at once
+    predictions = list(tiny.classify_images([image] * 16, batch_size=8, workers=8))
+    assert {(p.path, p.error, p.label, p.score) for p in predictions} == {
+        (str(path), None, predictions[0].label, predictions[0].score)
+    }
+
+
+def test_an_image_without_pixels_is_reported_and_the_rest_are_scored(tiny: ZeroShotClassifier) -> None:
+    """A detector's empty box, cropped: the model's resize would divide by its zero width."""
+    photo = draw(CLASSES[0], np.random.default_rng(4))
+    predictions = list(tiny.classify_images([photo.crop((0, 0, 32, 32)), photo.crop((10, 10, 10, 40)), photo]))
+    assert [p.error for p in predictions] == [None, "the image has no pixels (0x30)", None]
+    assert predictions[0].label and predictions[2].label

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from clipzs import ClipzsError, Label, UsageError
 from clipzs.api import ZeroShotClassifier
@@ -144,3 +145,30 @@ def test_a_custom_config_names_its_model_unless_a_name_is_given(tiny_clip: Any) 
         pretrained=str(tiny_clip.checkpoint), model_config=tiny_clip.config, device="cpu"
     )
     assert zsc.model.name == tiny_clip.config.stem == "tiny-clip"
+
+
+def test_results_are_scored_against_the_classifier_of_their_call(
+    tiny: ZeroShotClassifier, shapes: dict[Path, str]
+) -> None:
+    """A build() (or use()) after a classify call, before or while its lazy results are read, changes the calls
+    that follow, not those results: one stream never mixes two label sets."""
+    zsc = ZeroShotClassifier(tiny.model)
+    first, then = CLASSES[:2], CLASSES[2:]
+    zsc.build(first, "simple", use_cache=False)
+    folder = next(iter(shapes)).parent
+    calls = [
+        zsc.classify([folder], top_k=2),
+        zsc.classify_paths(list(shapes), top_k=2, use_cache=False),
+        zsc.classify_images([Image.open(path) for path in shapes], top_k=2),
+    ]
+    zsc.build(then, "simple", use_cache=False)
+    for results in calls:
+        assert {label for p in results for label, _ in p.top_k} == set(first)
+    assert {p.label for p in zsc.classify_paths(list(shapes), use_cache=False)} <= set(then)
+
+
+@pytest.mark.parametrize("aliases", ["circle", b"circle", ("circle", 1), None])
+def test_aliases_are_a_list_not_a_string_read_letter_by_letter(aliases: Any) -> None:
+    with pytest.raises(UsageError, match=r"aliases must be a list or tuple of strings, not .*Label\('circle', \("):
+        Label("circle", aliases)
+    assert Label("cat", ["cat", "kitten"]) == Label("cat", ("cat", "kitten"))  # a list is taken, kept as a tuple
