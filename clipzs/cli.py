@@ -464,6 +464,16 @@ def evaluate(
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
         template_sets = [t.strip() for t in templates.split(",") if t.strip()]
+        if plot is not None:
+            _refuse_overwriting(
+                plot,
+                *_files_read(None, labels_file, None, None, model_config),
+                *(source for name in template_sets for source in _files_read(None, None, name, None, None)),
+                *((Path(weights).expanduser(), "the model's weights") for weights in pretrained or []),
+                *((Path(file), "a classifier file") for file in classifier or []),
+                *_among(dataset.paths, plot, "one of the dataset's images"),
+                option="--plot",
+            )
         try:
             shot_counts = sorted({int(k) for k in shots.split(",") if k.strip()}) if shots else []
         except ValueError:
@@ -493,12 +503,14 @@ def evaluate(
             zsc = ZeroShotClassifier.from_classifier_file(
                 file, model_config=model_config, device=device, precision=precision
             )
+            if plot is not None:  # (the file names the weights it was built with)
+                _refuse_overwriting(plot, *_model_files(zsc), option="--plot")
             run, skipped = evaluate_classifier(zsc, dataset, Path(file).name, use_cache=not no_cache)
             runs.append(run)
         for path, reason in skipped:
             _report_skipped(console, str(path), reason)
         if not runs:
-            raise UsageError(f"no run to report: every --shots count leaves no image of {root} to test on")
+            raise UsageError("no run to report: every --shots count was left out, as warned above")
         render_eval(runs, dataset.classes, sys.stdout, fmt)
         if plot is not None and shot_counts:
             plot_few_shot(runs, plot)
@@ -1021,14 +1033,15 @@ def _among(paths: Iterable[Path], output: Path, what: str) -> list[tuple[Path | 
     return [(path, what) for path in paths if path.name == output.name]
 
 
-def _refuse_overwriting(output: Path, *sources: tuple[Path | str | None, str]) -> None:
-    """Refuse an --output that is a file the command reads: it would be emptied before it is read."""
+def _refuse_overwriting(output: Path, *sources: tuple[Path | str | None, str], option: str = "--output") -> None:
+    """Refuse an --output (or another ``option``'s file) that is a file the command reads: it would be emptied
+    before it is read, or lost."""
     if not output.exists():
         return
     for source, what in sources:
         with contextlib.suppress(OSError):
             if source is not None and os.path.samefile(source, output):
-                raise UsageError(f"--output {output} is {what}: writing it would destroy it; give another file")
+                raise UsageError(f"{option} {output} is {what}: writing it would destroy it; give another file")
 
 
 def _check_output_place(output: Path, folder: bool) -> None:

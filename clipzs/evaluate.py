@@ -139,8 +139,8 @@ def _label(value: object, path: Path, line: int) -> str:
     an object for one, is an error naming its line."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
         raise UsageError(f"{path}, line {line}: a label is text, not {value!r}")
-    label = "" if value is None else str(value)
-    if not label.strip():
+    label = "" if value is None else str(value).strip()  # 'cat ' is 'cat', as in --labels and labels files
+    if not label:
         raise UsageError(f"{path}, line {line}: the image has no label")
     return label
 
@@ -158,18 +158,24 @@ class Metrics:
     support: list[int]
     confusion: list[list[int]] = field(repr=False)
     """confusion[true][predicted] counts."""
+    other: list[int] = field(repr=False)
+    """Per class, its images predicted as a label that is no class (a classifier file's catch-all, say)."""
 
 
-def metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray) -> Metrics:
-    """Top-1 and top-5 accuracy, recall per class and its mean, and the confusion matrix."""
+def metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray, classes: int | None = None) -> Metrics:
+    """Top-1 and top-5 accuracy, recall per class and its mean, and the confusion matrix. The columns of
+    ``scores`` past the first ``classes`` (default: none) are labels that name no class: they compete like the
+    others, and an image predicted as one of them is wrong, counted in ``other`` rather than the confusion."""
     truth = np.asarray(targets)
-    classes = scores.shape[1]
+    labels = scores.shape[1]
+    classes = labels if classes is None else classes
     ranked = np.argsort(-scores, axis=1, kind="stable")
     predicted = ranked[:, 0]
-    top5 = (ranked[:, : min(5, classes)] == truth[:, None]).any(axis=1)
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
-    support = confusion.sum(axis=1)
+    top5 = (ranked[:, : min(5, labels)] == truth[:, None]).any(axis=1)
+    counts = np.zeros((classes, labels), dtype=np.int64)
+    np.add.at(counts, (truth, predicted), 1)
+    confusion = counts[:, :classes]
+    support = counts.sum(axis=1)
     present = support > 0
     recall = np.divide(np.diag(confusion), support, out=np.zeros(classes), where=present)
     return Metrics(
@@ -179,6 +185,7 @@ def metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray) -> Metrics:
         per_class_recall=[float(r) if seen else None for r, seen in zip(recall, present, strict=True)],
         support=support.tolist(),
         confusion=confusion.tolist(),
+        other=counts[:, classes:].sum(axis=1).tolist(),
     )
 
 
@@ -205,8 +212,8 @@ class Run:
             "top5": m.top5,
             "mean_per_class_recall": m.mean_per_class_recall,
             "per_class": [
-                {"class": name, "recall": recall, "support": support}
-                for name, recall, support in zip(classes, m.per_class_recall, m.support, strict=True)
+                {"class": name, "recall": recall, "support": support, "other": other}
+                for name, recall, support, other in zip(classes, m.per_class_recall, m.support, m.other, strict=True)
             ],
             "confusion": m.confusion,
         }
@@ -267,7 +274,7 @@ def evaluate_model(
 
     Returns the runs and the images that could not be read (left out of the figures), with the reasons.
     """
-    from clipzs.probe import check_seed, few_shot, fit_probe
+    from clipzs.probe import check_every_class_seen, check_seed, few_shot, fit_probe
 
     check_seed(seed)
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
@@ -277,12 +284,23 @@ def evaluate_model(
         scores = zsc.logits(features).numpy()  # the ranking is all the metrics need
         runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(scores, targets)))
     x, y = features.numpy(), np.asarray(targets)
+    if shots:
+        try:
+            check_every_class_seen(labels, set(targets), dataset, dict(skipped))
+        except UsageError as e:  # the zero-shot runs are still reported
+            warnings.warn(f"--shots left out: {e}", ClipzsWarning, stacklevel=2)
+            shots = ()
     for k in shots:
         chosen = few_shot(y, k, seed)
         rest = np.setdiff1d(np.arange(len(y)), chosen)
         if len(rest) == 0:  # (the smaller counts still make a curve)
             warnings.warn(f"{k} shots per class leave no image to test on: left out", ClipzsWarning, stacklevel=2)
             continue
+        untested = [dataset.classes[c] for c in sorted(set(y.tolist()) - set(y[rest].tolist()))]
+        if untested:  # all their images train the probe: its figures say nothing of them
+            shown = ", ".join(untested[:10]) + (f" and {len(untested) - 10} more" if len(untested) > 10 else "")
+            message = f"{k} shots per class leave no image to test on of {len(untested)} classes, which the "
+            warnings.warn(f"{message}{k}-shot probe's figures leave out: {shown}", ClipzsWarning, stacklevel=2)
         probe = fit_probe(x[chosen], y[chosen], len(labels), seed=seed).classifier
         scores = probe.logits(x[rest])  # the ranking is all the metrics need: no softmax
         measured = metrics(scores, y[rest])
@@ -294,7 +312,9 @@ def evaluate_classifier(
     zsc: ZeroShotClassifier, dataset: Dataset, name: str, *, use_cache: bool = True
 ) -> tuple[Run, list[tuple[Path, str]]]:
     """Measure a loaded classifier (zero-shot, probe or blend) whose labels name the dataset's classes: a class
-    ``golden_retriever`` is the label of that name, or else of ``golden retriever``, as eval prompts it."""
+    ``golden_retriever`` is the label of that name, or else of ``golden retriever``, as eval prompts it. Its other
+    labels (a catch-all "something else", say) compete too, as in ``classify``: an image predicted as one is
+    wrong, and counted in ``Metrics.other``."""
     assert zsc.classifier is not None
     names = zsc.classifier.names
     columns = {c: names.index(n) for c in dataset.classes for n in (spoken(c), c) if n in names}
@@ -304,9 +324,12 @@ def evaluate_classifier(
         known = ", ".join(map(repr, names[:10])) + (" ..." if len(names) > 10 else "")
         raise UsageError(f"classifier {name} has no label for the classes {shown}; its labels are {known}")
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
-    scores = zsc.logits(features).numpy()[:, [columns[c] for c in dataset.classes]]
+    order = [columns[c] for c in dataset.classes]
+    order += [column for column in range(len(names)) if column not in order]  # the labels that are no class
+    scores = zsc.logits(features).numpy()[:, order]
     kind = str(zsc.classifier.meta.get("kind", "zero-shot"))
-    run = Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), metrics(scores, targets))
+    measured = metrics(scores, targets, len(dataset.classes))
+    run = Run(zsc.model.name, zsc.model.pretrained, f"{name} ({kind})", len(targets), measured)
     return run, skipped
 
 
@@ -363,17 +386,31 @@ def best_run(runs: Sequence[Run]) -> Run:
     return max((run for run in runs if run.images == most), key=lambda run: run.metrics.top1)
 
 
+NAMED_IN_PLOT = 50
+"""Up to this many classes the confusion plot names them and grows with them; beyond, it is 1200 pixels square
+(about a pixel per class for ImageNet's 1000, unnamed: their order is that of --format json), so memory stays
+bounded."""
+
+
 def plot_confusion(run: Run, classes: Sequence[str], path: Path) -> None:
-    """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency)."""
+    """The confusion matrix as a PNG, rows normalised to recall (matplotlib, an optional dependency); a last
+    column for the images predicted as a classifier's labels that are no class, if any were."""
     plt = _pyplot()
     counts = np.asarray(run.metrics.confusion, dtype=float)
+    columns = list(classes)
+    if any(run.metrics.other):
+        counts = np.column_stack([counts, run.metrics.other])
+        columns.append("(other labels)")
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = max(4.0, 0.45 * len(classes) + 2)
+    named = len(columns) <= NAMED_IN_PLOT
+    side = max(4.0, 0.45 * len(columns) + 2) if named else 12.0
     figure, axes = plt.subplots(figsize=(side + 1, side))
-    shown = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(classes)), classes, rotation=90)
-    axes.set_yticks(range(len(classes)), classes)
-    axes.set_xlabel("predicted")
+    shown = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if named:
+        axes.set_xticks(range(len(columns)), columns, rotation=90)
+        axes.set_yticks(range(len(classes)), classes)
+    order = "" if named else f" ({len(classes)} classes, in the order of --format json)"
+    axes.set_xlabel(f"predicted{order}")
     axes.set_ylabel("true")
     weights = Path(run.pretrained).name  # a checkpoint by its file name: a whole path runs off the figure
     title = f"{run.model} ({weights}), {run.templates}: top-1 {run.metrics.top1:.1%}"

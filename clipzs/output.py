@@ -347,7 +347,7 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
     from clipzs.evaluate import best_run
 
     wide = None if stream.isatty() else 1_000  # in a file or a pipe, nothing is cut to fit 80 columns
-    console = results_console(stream, width=wide)
+    console = results_console(stream, width=wide, markup=False)  # a class named 'old [/old]' is text
     summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
     for run in runs:
         m = run.metrics
@@ -370,9 +370,10 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
     console.print(per_class)
     if len(classes) <= 15:
         console.print("\nconfusion matrix (rows: true class)", soft_wrap=True)
-        confusion = Table("true \\ predicted", *classes, box=None)
-        for name, row in zip(classes, best.metrics.confusion, strict=True):
-            confusion.add_row(name, *(str(count) for count in row))
+        other = any(best.metrics.other)  # images predicted as a classifier's labels that are no class
+        confusion = Table("true \\ predicted", *classes, *(["(other labels)"] if other else []), box=None)
+        for name, row, outside in zip(classes, best.metrics.confusion, best.metrics.other, strict=True):
+            confusion.add_row(name, *(str(count) for count in row), *([str(outside)] if other else []))
         console.print(confusion)
     else:
         console.print(
@@ -387,16 +388,17 @@ def _fixed(score: float | None) -> str:
     return "" if score is None else f"{score:.{SCORE_DIGITS}f}"
 
 
-def results_console(stream: IO[str], width: int | None = None) -> Console:
+def results_console(stream: IO[str], width: int | None = None, markup: bool = True) -> Console:
     """A rich console for results on ``stream``. When the reader has gone (``| head``), it raises
-    BrokenPipeError like the other writers, where rich's own would exit with status 1 by itself."""
+    BrokenPipeError like the other writers, where rich's own would exit with status 1 by itself. Without
+    ``markup``, text in brackets is printed as it is."""
     from rich.console import Console
 
     class ResultsConsole(Console):
         def on_broken_pipe(self) -> None:
             raise BrokenPipeError
 
-    return ResultsConsole(file=stream, highlight=False, width=width)
+    return ResultsConsole(file=stream, highlight=False, width=width, markup=markup)
 
 
 def silence(stream: IO[str]) -> None:

@@ -194,7 +194,7 @@ def train_classifier(
 
     check_seed(seed)
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
-    _check_every_class_seen(labels, set(targets), dataset, dict(skipped))
+    check_every_class_seen(labels, set(targets), dataset, dict(skipped))
     chosen = few_shot(targets, shots, seed) if shots else list(range(len(targets)))
     x, y = features.numpy()[chosen], np.asarray(targets)[chosen]
     zero_shot = None
@@ -222,9 +222,7 @@ def train_classifier(
     return classifier, result, skipped
 
 
-def _check_every_class_seen(
-    labels: Sequence[Label], seen: set[int], dataset: Dataset, skipped: dict[Path, str]
-) -> None:
+def check_every_class_seen(labels: Sequence[Label], seen: set[int], dataset: Dataset, skipped: dict[Path, str]) -> None:
     """A probe needs an image of every class: name the classes left without one, and why their images failed."""
     missing = [index for index in range(len(labels)) if index not in seen]
     if not missing:

@@ -275,3 +275,119 @@ def test_eval_seed_picks_the_shots(tiny_clip: ModelFiles, tmp_path: Path, monkey
     assert run(3) == (shots, held, report)
     other_shots, other_held, _ = run(4)
     assert other_shots[0] != shots[0] and other_shots[1] != shots[1] and other_held[1] != held[1]
+
+
+def test_every_label_of_a_classifier_competes(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """A classifier's labels that are no class (a catch-all, say) are not dropped: an image predicted as one is
+    wrong, as `classify -c` would have it, and counted apart from the confusion matrix."""
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:2], per_class=4, seed=21)
+    rng = np.random.default_rng(22)
+    for i in range(4):  # yellow circles filed as red circles: the classifier's third label fits them better
+        draw(CLASSES[9], rng).save(data / "red_circle" / f"y{i}.png")
+    clf = tmp_path / "three.clf"
+    labels = ",".join([*CLASSES[:2], CLASSES[9]])
+    built = CliRunner().invoke(app, ["build-classifier", "-l", labels, "-o", str(clf), *tiny_clip.args])
+    assert built.exit_code == EXIT_OK, built.output
+    only_the_file = ["-c", str(clf), "--model-config", str(tiny_clip.config), "--device", "cpu"]
+    code, stdout, _ = run_eval(str(data), *only_the_file, "-f", "json")
+    assert code == EXIT_OK
+    [run] = json.loads(stdout)["runs"]
+
+    result = CliRunner().invoke(app, ["classify", str(data), "-c", str(clf), "-f", "jsonl", *tiny_clip.args])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    right = [r["label"] == Path(r["path"]).parent.name.replace("_", " ") for r in records]
+    outside = [r["label"] == CLASSES[9] for r in records]
+    assert sum(outside) >= 3 and run["top1"] == pytest.approx(sum(right) / len(records))
+    assert [c["other"] for c in run["per_class"]] == [sum(outside), 0]  # red_circle, red_square
+    assert [sum(row) for row in run["confusion"]] == [8 - sum(outside), 4]
+    code, stdout, _ = run_eval(str(data), *only_the_file)
+    assert code == EXIT_OK and "(other labels)" in stdout
+
+
+def test_dataset_labels_are_stripped(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text("path,label\na.png,cat \nb.png,cat\nc.png, dog\nd.png,dog\n")
+    (tmp_path / "list.jsonl").write_text(
+        "".join(
+            json.dumps({"path": f"{p}.png", "label": label}) + "\n"
+            for p, label in zip("abcd", ["cat ", "cat", " dog", "dog"], strict=True)
+        )
+    )
+    for listing in ("list.csv", "list.jsonl"):
+        assert load_dataset(tmp_path / listing).classes == ["cat", "dog"]
+
+
+def test_eval_plot_refuses_to_overwrite_what_it_reads(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:2], per_class=2, seed=23)
+    image = data / "red_circle" / "0.png"
+    before = image.read_bytes()
+    code, _, stderr = run_eval(str(data), "--plot", str(image), *tiny_clip.args)
+    assert code == EXIT_USAGE and "--plot" in stderr and "one of the dataset's images" in stderr
+    assert image.read_bytes() == before
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "".join(f"data/{c}/0.png,{c}\n" for c in ("red_circle", "red_square")))
+    code, _, stderr = run_eval(str(listing), "--plot", str(image), *tiny_clip.args)
+    assert code == EXIT_USAGE and "one of the dataset's images" in stderr
+    assert image.read_bytes() == before
+
+
+def test_eval_shots_warns_of_classes_left_without_test_images(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:3], per_class=3, seed=24)
+    for extra in sorted((data / "red_circle").iterdir())[1:]:
+        extra.unlink()  # red_circle: one image, all of it used to train the 1-shot probe
+    code, stdout, stderr = run_eval(str(data), "-t", "simple", "--shots", "1", "-f", "json", *tiny_clip.args)
+    assert code == EXIT_OK
+    assert "clipzs: warning: 1 shots per class leave no image to test on of 1 classes" in stderr
+    assert "red_circle" in stderr and "red_square" not in stderr
+    assert [run["images"] for run in json.loads(stdout)["runs"]] == [7, 4]
+
+
+def test_eval_shots_with_an_unreadable_class_names_it_and_keeps_the_zero_shot_run(
+    tiny_clip: ModelFiles, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:3], per_class=2, seed=25)
+    for image in (data / "red_square").iterdir():
+        image.unlink()
+    (data / "red_square" / "junk.png").write_bytes(b"junk")
+    code, stdout, stderr = run_eval(str(data), "-t", "simple", "--shots", "1", "-f", "json", *tiny_clip.args)
+    assert code == EXIT_SKIPPED, stderr
+    assert "--shots left out" in stderr and "'red_square'" in stderr and "junk.png" in stderr
+    assert [run["templates"] for run in json.loads(stdout)["runs"]] == ["simple"]
+
+
+def test_eval_table_prints_names_in_brackets_as_they_are() -> None:
+    import io
+
+    from clipzs.evaluate import Run
+    from clipzs.output import render_eval
+
+    classes = ["circles [old]", "squares [/old]"]
+    run = Run("m", "/models/clip [v2]/w.safetensors", "[bold]t", 2, metrics(np.eye(2), [0, 1]))
+    table = io.StringIO()
+    render_eval([run], classes, table, "table")
+    for text in (*classes, "/models/clip [v2]/w.safetensors", "[bold]t"):
+        assert text in table.getvalue()
+
+
+def test_a_confusion_plot_of_many_classes_stays_small(tmp_path: Path) -> None:
+    """Hundreds of classes (ImageNet has 1000): no tick labels, and the figure stops growing."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from clipzs.evaluate import Run, plot_confusion
+
+    classes = [f"class{i}" for i in range(150)]
+    truth = np.arange(300) % 150
+    scores = np.eye(151)[np.where(np.arange(300) < 150, truth, 150)]  # half of them predicted as another label
+    run = Run("m", "p", "simple", 300, metrics(scores, truth, len(classes)))
+    tracemalloc.start()
+    plot_confusion(run, classes, tmp_path / "big.png")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    with Image.open(tmp_path / "big.png") as image:
+        assert max(image.size) <= 3000  # (150 classes at 0.45 inch each would be 7000 pixels square)
+    assert peak < 200_000_000
