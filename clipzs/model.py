@@ -423,14 +423,15 @@ def _load_model(
         _check_model_config(config_path)
         name = name or config_path.stem
     assert name
-    with _config_registered(config_path):
+    with _config_registered(config_path, name):
         return _build(open_clip, name, pretrained, config_path, device)
 
 
 @contextlib.contextmanager
-def _config_registered(config_path: Path | None) -> Iterator[None]:
-    """open_clip's process-wide table of model configs with ``config_path`` added for the time of one load, then
-    put back: a custom config must not replace a built-in model of its name for later loads in this process."""
+def _config_registered(config_path: Path | None, name: str) -> Iterator[None]:
+    """open_clip's process-wide table of model configs with ``config_path`` added, under ``name`` (the file's own
+    name, or the --model given with it), for the time of one load, then put back: a custom config must not replace
+    a built-in model of its name for later loads in this process."""
     if config_path is None:
         yield
         return
@@ -440,6 +441,8 @@ def _config_registered(config_path: Path | None) -> Iterator[None]:
     paths = list(getattr(factory, "_MODEL_CONFIG_PATHS", []))
     try:
         factory.add_model_config(config_path)
+        if name != config_path.stem:  # (open_clip names a config by its file; a built-in model of this name
+            factory._MODEL_CONFIGS[name] = factory._MODEL_CONFIGS[config_path.stem]  # would be built instead)
         yield
     finally:
         if hasattr(factory, "_MODEL_CONFIGS"):

@@ -173,6 +173,25 @@ def test_a_checkpoint_for_another_input_size_is_refused(
     assert run("classify", str(photos[0]), "-l", "cat,dog", *tiny_clip.args)[0] == EXIT_OK
 
 
+@pytest.mark.parametrize("name", ["shapes-v2", "ViT-B-32"])
+def test_a_model_config_is_the_model_given_with_it(
+    tiny_clip: ModelFiles, photos: list[Path], tmp_path: Path, name: str
+) -> None:
+    """--model names the --model-config's model (as the README says), even the name of a built-in model, which
+    open_clip would otherwise build instead of the file's; that model is as it was afterwards."""
+    import open_clip
+
+    config = tmp_path / "my-config.json"
+    config.write_text(tiny_clip.config.read_text())
+    args = ["-p", str(tiny_clip.checkpoint), "--device", "cpu", "-f", "jsonl", "--no-cache"]
+    code, named, stderr = run(
+        "classify", *map(str, photos[:2]), "-l", "cat,dog", "-m", name, "--model-config", str(config), *args
+    )
+    assert code == EXIT_OK, stderr
+    assert named == run("classify", *map(str, photos[:2]), "-l", "cat,dog", "--model-config", str(config), *args)[1]
+    assert open_clip.get_model_config("ViT-B-32")["embed_dim"] == 512  # the built-in config, put back
+
+
 def test_models_of_an_unknown_name_suggest_names() -> None:
     code, stdout, stderr = run("models", "vit-b-32")
     assert code == EXIT_USAGE and stdout == "" and "(did you mean ViT-B-32," in stderr
