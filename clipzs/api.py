@@ -450,7 +450,8 @@ class ZeroShotClassifier:
 def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tokens: Sequence[torch.Tensor]) -> None:
     """Refuse labels whose prompts the text encoder reads alike: their classifier rows would be the same, every
     image would score them equally, and the first would always win. Prompts longer than the model's context
-    (77 tokens for CLIP, fewer for small models) are cut there, so labels that differ only past it collide."""
+    (77 tokens for CLIP, fewer for small models) are cut there, and tokenizers ignore letter case and spacing, so
+    labels that differ only past the cut, or only so, collide."""
     seen: dict[bytes, int] = {}
     for i, rows in enumerate(tokens):
         j = seen.setdefault(rows.numpy().tobytes(), i)
@@ -458,8 +459,8 @@ def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tok
             why = (
                 "they have the same prompts; give each aliases of its own"
                 if prompts[i] == prompts[j]
-                else f"their prompts differ only past the {rows.shape[1]} tokens the model reads, where they are "
-                "cut; shorten them or put what tells them apart first"
+                else "their prompts differ only in what its tokenizer does not read (letter case, spacing, or what "
+                f"comes past the {rows.shape[1]} tokens it reads); put what tells them apart first, in other words"
             )
             raise UsageError(f"labels {labels[j].name!r} and {labels[i].name!r} are the same to this model: {why}")
 

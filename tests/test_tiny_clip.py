@@ -65,8 +65,14 @@ LONG = "a shape drawn on a plain background in the middle of the picture seen fr
     [
         (  # the model reads 16 tokens: the shapes come after them, so the two labels would always tie
             [LONG + label for label in CLASSES[:2]],
-            "their prompts differ only past the 16 tokens the model reads, where they are cut",
+            "their prompts differ only in what its tokenizer does not read (letter case, spacing, or what comes past "
+            "the 16 tokens it reads)",
             [label + ": " + LONG for label in CLASSES[:2]],
+        ),
+        (
+            ["Red Circle", "red  circle"],
+            "their prompts differ only in what its tokenizer does not read",
+            ["red circle", "red disc"],
         ),
         (
             ["round=red circle", "disc=red circle", CLASSES[1]],
