@@ -942,7 +942,7 @@ def _errors() -> Iterator[Console]:
     line each; a closed pipe ends quietly."""
     from rich.console import Console
 
-    console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+    console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", ClipzsWarning)

@@ -398,7 +398,7 @@ def results_console(stream: IO[str], width: int | None = None, markup: bool = Tr
         def on_broken_pipe(self) -> None:
             raise BrokenPipeError
 
-    return ResultsConsole(file=stream, highlight=False, width=width, markup=markup)
+    return ResultsConsole(file=stream, highlight=False, width=width, markup=markup, emoji=False)
 
 
 def silence(stream: IO[str]) -> None:

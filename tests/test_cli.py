@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from clipzs.cli import app
-from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_OK, EXIT_USAGE
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
 from clipzs.model import LoadedModel
 from tests.conftest import ModelFiles, jsonl
 
@@ -546,3 +546,13 @@ def test_a_terminal_gets_a_table(rand_clip: ModelFiles, photos: list[Path], tmp_
     os.close(leader)
     text = shown.decode("utf-8", "replace")
     assert photos[0].name in text and "label" in text and not text.lstrip().startswith("{")
+
+
+def test_names_are_shown_as_they_are_not_as_emoji_codes(
+    tiny_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    """rich turns ':cat:' into a cat emoji, and '[/old]' is markup to it: a file so named is shown by its name."""
+    missing = tmp_path / "a:cat:b [/old].jpg"
+    code, _, stderr = run("classify", str(photos[0]), str(missing), "-l", "cat,dog", "-q", *tiny_clip.args)
+    assert code == EXIT_SKIPPED
+    assert f"clipzs: skipped {missing}: no such file" in stderr
