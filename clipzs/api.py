@@ -88,6 +88,12 @@ class ZeroShotClassifier:
                 f"{pretrained or meta.get('pretrained')}; rebuild it, or run without --model/--pretrained to use its "
                 "own"
             )
+        recorded = meta.get("model_config")
+        if recorded and model_config is None and not Path(recorded).is_file():  # its model is named after the file
+            raise ClassifierError(
+                f"{path} was built for {classifier.built_for} from the model config {recorded}, which no longer "
+                "exists: give that config (or a copy of it) with --model-config FILE (model_config= in the library)"
+            )
         try:
             loaded = load_model(
                 model or (None if model_config else meta.get("model")),
@@ -101,7 +107,7 @@ class ZeroShotClassifier:
                 raise
             hint = f"{path} names this model; point at it with --pretrained/--model-config"
             raise type(e)(f"{e} ({hint})") from e
-        classifier.check_model(loaded.fingerprint, loaded.name, source=str(path), width=loaded.feature_width)
+        _check_model(classifier, loaded, str(path))
         return cls(loaded, classifier)
 
     def build(
@@ -169,7 +175,7 @@ class ZeroShotClassifier:
                 f"use() takes a Classifier, not {classifier!r}: use(Classifier.load(path)) reads a classifier file, "
                 "ZeroShotClassifier.from_classifier_file(path) loads one with its model"
             )
-        classifier.check_model(self.model.fingerprint, self.model.name, width=self.model.feature_width)
+        _check_model(classifier, self.model, "this classifier")
         self.classifier = classifier
 
     def classify(
@@ -445,6 +451,15 @@ class ZeroShotClassifier:
             top = tuple((names[i], v) for i, v in zip(indices[row], values[row], strict=True))
             yield Prediction(path=str(path), label=top[0][0], score=top[0][1], top_k=top)
             row += 1
+
+
+def _check_model(classifier: Classifier, model: LoadedModel, source: str) -> None:
+    """``Classifier.check_model`` for this model, which is also the model its config builds under the name the
+    classifier records (a config copied to a file of another name, which names the model, is the same model)."""
+    recorded = classifier.meta.get("model")
+    renamed = model.fingerprint_named(recorded) if isinstance(recorded, str) and recorded else None
+    same = [renamed] if renamed else []
+    classifier.check_model(model.fingerprint, model.name, source=source, width=model.feature_width, same=same)
 
 
 def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tokens: Sequence[torch.Tensor]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,11 @@ class Classifier:
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise ClassifierError(
+                f"{path} is a folder, not a classifier file: name the file itself (one that `clipzs build-classifier` "
+                "or `clipzs probe fit` wrote)"
+            )
         if not path.is_file():
             raise ClassifierError(f"classifier file {path} does not exist")
         try:
@@ -95,26 +101,43 @@ class Classifier:
         return f"model {self.meta.get('model')} with weights {self.meta.get('pretrained') or 'of the hub'}"
 
     def check_model(
-        self, fingerprint: str, name: str, source: str = "this classifier", width: int | None = None
+        self,
+        fingerprint: str,
+        name: str,
+        source: str = "this classifier",
+        width: int | None = None,
+        same: Collection[str] = (),
     ) -> None:
         """Refuse to score with weights made for another model (``LoadedModel.fingerprint``), or (given the
-        model's feature ``width``) with a matrix whose rows do not match the model's features.
+        model's feature ``width``) with a matrix whose rows do not match the model's features. ``same``: other
+        fingerprints of the model as loaded (``LoadedModel.fingerprint_named``: its config under the name the
+        classifier records).
 
         A file made before fingerprints named what a model is built from holds the weights' part alone, and is
         taken for those weights, as it was then."""
         stored = self.meta.get("fingerprint")
+        if not isinstance(stored, str) or not stored:
+            raise ClassifierError(
+                f"{source} records no model that it was built for (its meta has no 'fingerprint'), so nothing says "
+                f"that its vectors are {name}'s features: for a classifier made by hand from this model's features, "
+                "give Classifier(weights, labels, meta={'fingerprint': zsc.model.fingerprint}); a classifier file "
+                "from `clipzs build-classifier` or `clipzs probe fit` records it"
+            )
         weights = fingerprint.split("|built:")[0]
-        older = isinstance(stored, str) and "|built:" not in stored  # (an hf-hub: model's was its name)
-        if stored != fingerprint and not (older and weights.split("@")[0] == stored):
+        older = "|built:" not in stored  # (an hf-hub: model's was its name)
+        if stored != fingerprint and stored not in same and not (older and weights.split("@")[0] == stored):
             built = self.built_for
-            if isinstance(stored, str) and stored.split("|built:")[0] == weights:
+            config = self.meta.get("model_config")
+            own = f" (--model-config {config})" if config else ""
+            if stored.split("|built:")[0] == weights:
                 raise ClassifierError(
-                    f"{source} was built for {built}, the same weights in a model built otherwise (another config "
-                    f"or options): rebuild it with the model as it is loaded now, or load the one it names"
+                    f"{source} was built for {built}{own}, the same weights in a model built otherwise (another config "
+                    f"or options) than {name} as loaded now: rebuild it with the model as it is loaded now, "
+                    "or load the one it names"
                 )
             raise ClassifierError(
-                f"{source} was built for {built}, not for {name} as loaded now: rebuild it for this model, or load "
-                "the one it names (without --model/--pretrained)"
+                f"{source} was built for {built}{own}, not for {name} as loaded now: rebuild it for this model, or "
+                "load the one it names (without --model/--pretrained)"
             )
         if width is not None and self.weights.shape[0] != width:
             raise ClassifierError(

@@ -412,8 +412,14 @@ def evaluate(
         typer.Option("--labels-file", help="Prompts per class, one 'class=alias|alias' per line (else the name)."),
     ] = None,
     templates: Annotated[
-        str, typer.Option("--templates", "-t", help="Template sets or files to compare, comma-separated.")
-    ] = DEFAULT_TEMPLATES,
+        Optional[str],
+        typer.Option(
+            "--templates",
+            "-t",
+            help="Template sets or files to compare, comma-separated.",
+            show_default=DEFAULT_TEMPLATES,
+        ),
+    ] = None,
     model: Annotated[
         Optional[list[str]], typer.Option("--model", "-m", help="A model; repeat (with --pretrained) to compare.")
     ] = None,
@@ -442,6 +448,7 @@ def evaluate(
 ) -> None:
     """Measure zero-shot accuracy on labelled images: top-1, top-5, recall per class, confusion matrix."""
     from clipzs.api import ZeroShotClassifier
+    from clipzs.classifier import Classifier
     from clipzs.evaluate import (
         best_run,
         check_plot_path,
@@ -453,7 +460,7 @@ def evaluate(
         plot_few_shot,
     )
     from clipzs.output import render_eval
-    from clipzs.prompts import labels_from_file, load_templates
+    from clipzs.prompts import class_prompts_from_file, load_templates
 
     with _errors() as console:
         if fmt not in ("table", "json"):
@@ -462,8 +469,9 @@ def evaluate(
             _check_output_place(plot, folder=False)
             check_plot_path(plot)
         dataset = load_dataset(root)
-        labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
-        template_sets = [t.strip() for t in templates.split(",") if t.strip()]
+        labels = class_labels(dataset.classes, class_prompts_from_file(labels_file) if labels_file else ())
+        template_sets = [t.strip() for t in (templates or DEFAULT_TEMPLATES).split(",") if t.strip()]
+        files = [(file, Classifier.load(Path(file))) for file in classifier or []]  # a wrong path fails now
         if plot is not None:
             _refuse_overwriting(
                 plot,
@@ -481,6 +489,11 @@ def evaluate(
         if any(k < 1 for k in shot_counts):
             raise UsageError("--shots counts must be at least 1")
         measures_model = not classifier or bool(model or pretrained)
+        if templates is not None and not measures_model:
+            console.print(
+                "clipzs: warning: --templates is for zero-shot runs of a model (--model/--pretrained); a classifier "
+                "file holds its own templates, so it is ignored here"
+            )
         if shot_counts and not measures_model:
             raise UsageError("--shots fits probes on a model's features: name the model with --model/--pretrained")
         if measures_model and not template_sets and not shot_counts:
@@ -499,9 +512,16 @@ def evaluate(
                 zsc, dataset, labels, template_sets, shots=shot_counts, seed=seed, use_cache=not no_cache
             )
             runs += found
-        for file in classifier or []:
+        for file, held in files:
+            # --model-config is the -m/-p runs' where there are any: a classifier file loads the model it records,
+            # the config given standing in for a recorded one that no longer exists.
+            recorded = held.meta.get("model_config")
+            gone = isinstance(recorded, str) and bool(recorded) and not Path(recorded).is_file()
             zsc = ZeroShotClassifier.from_classifier_file(
-                file, model_config=model_config, device=device, precision=precision
+                file,
+                model_config=model_config if not measures_model or gone else None,
+                device=device,
+                precision=precision,
             )
             if plot is not None:  # (the file names the weights it was built with)
                 _refuse_overwriting(plot, *_model_files(zsc), option="--plot")
@@ -652,7 +672,7 @@ def probe_fit(
     """Fit an L2-regularised logistic regression on the images' features (strength chosen on held-out images)."""
     from clipzs.evaluate import class_labels, load_dataset
     from clipzs.probe import train_classifier
-    from clipzs.prompts import labels_from_file
+    from clipzs.prompts import class_prompts_from_file
 
     with _errors() as console:
         _check_output_place(output, folder=False)  # now, not after minutes of training
@@ -663,7 +683,7 @@ def probe_fit(
             *_files_read(None, labels_file, templates, pretrained, model_config),
             *_among(dataset.paths, output, "one of the dataset's images"),
         )
-        labels = class_labels(dataset.classes, labels_from_file(labels_file) if labels_file else ())
+        labels = class_labels(dataset.classes, class_prompts_from_file(labels_file) if labels_file else ())
         zsc = _ModelOptions(model, pretrained, model_config, device, precision).load()
         blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
         if shots:

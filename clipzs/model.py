@@ -60,6 +60,18 @@ class LoadedModel:
     precision: str = "fp32"
     """How the image tower computes: fp32, fp16 or bf16 (autocast on CUDA, cast weights on the CPU), or int8
     (see ``with_precision``)."""
+    built_from: dict[str, Any] | None = None
+    """The name, config and options the fingerprint's '|built:' part is a digest of."""
+
+    def fingerprint_named(self, name: str) -> str | None:
+        """The fingerprint this model would have under another name, built from the same config and options, with
+        the same weights: open_clip builds a model from its config, so the name alone changes nothing (a config
+        copied to a file of another name). None where the name is part of what the weights are (a pretrained tag's
+        'name:tag', an hf-hub: repository)."""
+        weights = self.fingerprint.split("|built:")[0]
+        if self.built_from is None or not weights.startswith("sha256:") or name.startswith("hf-hub:"):
+            return None
+        return f"{weights}|built:{key_of({**self.built_from, 'model': name})[:16]}"
 
     @property
     def cache_tag(self) -> str:
@@ -501,6 +513,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
         model_config=str(config_path.resolve()) if config_path else None,
         pixels=split_preprocess(preprocess),
         precision=resolve_precision(torch_device),
+        built_from=built_from,
     )
 
 

@@ -130,8 +130,34 @@ def labels_from_option(text: str) -> tuple[Label, ...]:
 
 def labels_from_file(path: Path) -> tuple[Label, ...]:
     """Labels from a file with one label per line; blank lines and '#' comments are skipped."""
-    lines = [line for line in read_text(path).splitlines() if not line.lstrip().startswith("#")]
+    lines = _label_lines(path)
+    if not lines:
+        raise UsageError(
+            f"the labels file {path} holds no labels, only blank lines and comments: write one label per line "
+            "(cat, or dog=dog|puppy)"
+        )
     return parse_labels(lines)
+
+
+def class_prompts_from_file(path: Path) -> tuple[Label, ...]:
+    """The prompts of some of a dataset's classes (``eval`` and ``probe fit``'s --labels-file), one
+    ``class=alias|alias`` per line. The classes it does not name are prompted by their names, so a file that names
+    none (blank lines and comments only) renames nothing; it is warned of, as a line that names no class is."""
+    import warnings
+
+    from clipzs.errors import ClipzsWarning
+
+    lines = _label_lines(path)
+    if not lines:
+        message = f"the labels file {path} holds no labels, only blank lines and comments: classes keep their names"
+        warnings.warn(message, ClipzsWarning, stacklevel=2)
+        return ()
+    return parse_labels(lines)
+
+
+def _label_lines(path: Path) -> list[str]:
+    """A labels file's lines that are neither blank nor '#' comments."""
+    return [line for line in read_text(path).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def expand(label: Label, templates: Sequence[str]) -> list[str]:

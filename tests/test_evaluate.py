@@ -391,3 +391,33 @@ def test_a_confusion_plot_of_many_classes_stays_small(tmp_path: Path) -> None:
     with Image.open(tmp_path / "big.png") as image:
         assert max(image.size) <= 3000  # (150 classes at 0.45 inch each would be 7000 pixels square)
     assert peak < 200_000_000
+
+
+def test_a_labels_file_of_comments_only_renames_nothing(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """eval's and probe fit's --labels-file maps classes to prompts: one that maps none leaves each class its
+    name, with a warning, and never speaks of --labels, which they do not have. classify, which takes its labels
+    from the file, names the file that holds none."""
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
+    (tmp_path / "map.txt").write_text("# class=prompt|prompt\n\n")
+    code, _, stderr = run_eval(str(tmp_path / "data"), "--labels-file", str(tmp_path / "map.txt"), *tiny_clip.args)
+    assert code == EXIT_OK, stderr
+    assert f"warning: the labels file {tmp_path / 'map.txt'} holds no labels" in stderr
+
+    args = ["classify", str(tmp_path / "data"), "--labels-file", str(tmp_path / "map.txt"), *tiny_clip.args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_USAGE
+    assert f"the labels file {tmp_path / 'map.txt'} holds no labels" in result.stderr
+
+
+def test_eval_warns_that_templates_do_not_apply_to_classifier_files(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
+    clf = tmp_path / "two.clf"
+    built = CliRunner().invoke(app, ["build-classifier", "-l", ",".join(CLASSES[:2]), "-o", str(clf), *tiny_clip.args])
+    assert built.exit_code == EXIT_OK, built.output
+    code, _, stderr = run_eval(str(tmp_path / "data"), "-c", str(clf), "-t", "simple,openai-7", "--device", "cpu")
+    assert code == EXIT_OK, stderr
+    assert "warning: --templates is for zero-shot runs of a model" in stderr
+
+    code, _, stderr = run_eval(str(tmp_path / "data"), "-c", str(tmp_path / "data"), "--device", "cpu")
+    assert code == EXIT_USAGE
+    assert f"{tmp_path / 'data'} is a folder, not a classifier file" in stderr

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 from typer.testing import CliRunner
@@ -21,7 +22,7 @@ from clipzs.model import load_model, split_preprocess
 from tests.conftest import ModelFiles, jsonl
 from tests.corpus import photo
 from tests.test_tiny_clip import MIN_ACCURACY, drawn_folder
-from tests.tinyclip.shapes import CLASSES
+from tests.tinyclip.shapes import CLASSES, draw
 
 
 def config_like(base: Path, path: Path, **changes: object) -> Path:
@@ -217,3 +218,79 @@ def test_a_hub_model_whose_download_was_cut_short_says_so(
     result = CliRunner().invoke(app, ["classify", str(photos[0]), "-l", "a,b", "-m", "hf-hub:me/tiny"])
     assert result.exit_code == 2
     assert "not in the local cache and HF_HUB_OFFLINE is set" in result.stderr
+
+
+def shapes_classifier(model: ModelFiles, path: Path) -> Path:
+    """A classifier file of two shapes, built by `clipzs build-classifier` for ``model``."""
+    args = ["build-classifier", "-l", "red circle,blue square", "-t", "simple", "-o", str(path), *model.args]
+    built = CliRunner().invoke(app, args)
+    assert built.exit_code == EXIT_OK, built.output
+    return path
+
+
+def test_a_config_copied_under_another_name_is_the_same_model(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """The config's file name names the model, but open_clip builds the model from the config's contents: a copy
+    under another name is the same model, and its classifier files are used with it."""
+    clf = shapes_classifier(tiny_clip, tmp_path / "shapes.clf")
+    drawn_folder(tmp_path / "images", per_class=1, seed=3)
+    (tmp_path / "copy").mkdir()
+    copy = shutil.copyfile(tiny_clip.config, tmp_path / "copy" / "tiny_clip_v1.json")
+    args = ["-p", str(tiny_clip.checkpoint), "--device", "cpu", "-c", str(clf)]
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "images"), "--model-config", str(copy), *args])
+    assert result.exit_code == EXIT_OK, result.output
+
+    changed = config_like(tiny_clip.config, tmp_path / "changed" / "tiny_clip_v1.json", quick_gelu=True)
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "images"), "--model-config", str(changed), *args])
+    assert result.exit_code == 2 and "the same weights in a model built otherwise" in result.stderr
+    assert str(tiny_clip.config.resolve()) in result.stderr  # the config it was built with, to load it
+
+
+def test_a_classifier_whose_model_config_is_gone_says_so(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """After the model's folder is moved, the file's model (named after its config) is no open_clip model: say
+    that the config it records is gone and --model-config gives it."""
+    (tmp_path / "a").mkdir()
+    moved = ModelFiles(
+        shutil.copyfile(tiny_clip.config, tmp_path / "a" / tiny_clip.config.name),
+        shutil.copyfile(tiny_clip.checkpoint, tmp_path / "a" / tiny_clip.checkpoint.name),
+    )
+    clf = shapes_classifier(moved, tmp_path / "shapes.clf")
+    (tmp_path / "a").rename(tmp_path / "b")
+    drawn_folder(tmp_path / "images", per_class=1, seed=3)
+    args = ["classify", str(tmp_path / "images"), "-c", str(clf), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "-p", str(tmp_path / "b" / tiny_clip.checkpoint.name)])
+    assert result.exit_code == 2
+    assert f"model config {tmp_path / 'a' / tiny_clip.config.name}, which no longer exists" in result.stderr
+    assert "--model-config" in result.stderr and "unknown model" not in result.stderr
+    config = str(tmp_path / "b" / tiny_clip.config.name)
+    result = CliRunner().invoke(
+        app, [*args, "-p", str(tmp_path / "b" / tiny_clip.checkpoint.name), "--model-config", config]
+    )
+    assert result.exit_code == EXIT_OK, result.output
+
+
+def test_eval_runs_classifier_files_on_their_own_model_beside_a_zero_shot_run(
+    tiny_clip: ModelFiles, rand_clip: ModelFiles, tmp_path: Path
+) -> None:
+    """`-m/-p` (and --model-config) add a zero-shot run: a -c file beside it loads the model it records."""
+    clf = shapes_classifier(tiny_clip, tmp_path / "shapes.clf")
+    for label in ("red circle", "blue square"):
+        folder = tmp_path / "data" / label.replace(" ", "_")
+        folder.mkdir(parents=True)
+        draw(label, np.random.default_rng(0)).save(folder / "0.png")
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "-c", str(clf), "-f", "json", *rand_clip.args])
+    assert result.exit_code == EXIT_OK, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 2
+
+
+def test_a_hand_made_classifier_is_told_what_meta_it_needs(tiny: ZeroShotClassifier) -> None:
+    """Library advice for a library user: the fingerprint its meta lacks, not command-line options."""
+    from clipzs.classifier import Classifier
+
+    assert tiny.classifier is not None
+    made = Classifier(weights=tiny.classifier.weights, labels=tiny.classifier.labels)
+    with pytest.raises(ClassifierError) as refused:
+        ZeroShotClassifier(tiny.model).use(made)
+    assert "meta={'fingerprint': zsc.model.fingerprint}" in str(refused.value)
+    assert "--model" not in str(refused.value)
+    ZeroShotClassifier(tiny.model).use(dataclasses.replace(made, meta={"fingerprint": tiny.model.fingerprint}))
