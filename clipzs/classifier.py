@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from clipzs.cache import atomic_write
-from clipzs.errors import ClassifierError
+from clipzs.errors import ClassifierError, UsageError
 from clipzs.prompts import Label
 
 FORMAT = "clipzs-classifier"
@@ -36,6 +36,24 @@ class Classifier:
     """kind, model, pretrained, fingerprint, open_clip version, templates: what determines the weights."""
     bias: torch.Tensor | None = None
     """Per-class bias [C] of a trained (linear-probe) classifier; None for zero-shot ones."""
+
+    def __post_init__(self) -> None:
+        # One made by hand (``Classifier(weights, ['cat', 'dog'], meta=...)``) is checked as a file's contents are,
+        # with a UsageError saying what to give: a name alone is a label that is its own alias.
+        labels = self.labels
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
+            raise UsageError(f"labels must be a list, not {labels!r}: Classifier(weights, ['cat', 'dog'], meta=...)")
+        if not all(isinstance(label, (str, Label)) for label in labels):
+            raise UsageError(f"labels must be names or Label objects, not {list(labels)!r}")
+        object.__setattr__(self, "labels", tuple(Label(x, (x,)) if isinstance(x, str) else x for x in labels))
+        shape = tuple(self.weights.shape) if isinstance(self.weights, torch.Tensor) else None
+        if shape is None or len(shape) != 2 or shape[1] != len(labels):
+            raise UsageError(
+                f"weights must be a tensor [D, C] with one column per label ({len(labels)}), not "
+                f"{list(shape) if shape is not None else type(self.weights).__name__}: torch.stack(vectors, 1)"
+            )
+        if self.bias is not None and tuple(self.bias.shape) != (len(labels),):
+            raise UsageError(f"bias must be a tensor [C] of one number per label ({len(labels)})")
 
     @property
     def logit_scale(self) -> float | None:

@@ -349,7 +349,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise UsageError("--plot needs matplotlib: pip install 'clipzs[plot]'") from e
+        raise UsageError("--plot needs matplotlib: pip install matplotlib") from e
     return plt
 
 

@@ -380,6 +380,8 @@ def load_model(
             if model_config is None and name:
                 check_model_name(name)  # a slip of the name is the mistake to report first
             model = name or Path(model_config or "").stem
+            if model_config is not None:  # (a config of one's own has no pretrained tags to list)
+                raise UsageError(f"{model} (--model-config {model_config}) needs its weights: --pretrained CHECKPOINT")
             raise UsageError(
                 f"{model} needs its weights: --pretrained TAG (`clipzs models {model}` lists its tags) or a "
                 "checkpoint file"

@@ -241,7 +241,7 @@ def check_parquet_folder(folder: Path) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError as e:
-        raise UsageError("Parquet output needs pyarrow: pip install 'clipzs[parquet]'") from e
+        raise UsageError("Parquet output needs pyarrow: pip install pyarrow") from e
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"cannot write Parquet to {folder}: it is a file, and Parquet is written to a folder of parts")
 

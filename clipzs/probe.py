@@ -89,7 +89,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, classes: int, c: flo
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError as e:
-        raise UsageError("linear probes need scikit-learn: pip install 'clipzs[probe]'") from e
+        raise UsageError("linear probes need scikit-learn: pip install scikit-learn") from e
     present = np.unique(targets)
     if len(present) != classes:
         raise UsageError("every class needs at least one training image")

@@ -1,4 +1,4 @@
-"""The same classification on Ray Data, for image sets that outgrow one machine (``pip install 'clipzs[ray]'``).
+"""The same classification on Ray Data, for image sets that outgrow one machine (``pip install 'ray[data]'``).
 
 Paths are listed by the driver and sharded by Ray; images are decoded in Ray tasks, with the model's own resize
 and crop; a pool of actors, each holding the model and the classifier, encodes and scores them (one actor per
@@ -161,7 +161,7 @@ def classify_on_ray(
         import ray
         import ray.data
     except ImportError as e:
-        raise UsageError("--engine ray needs Ray: pip install 'clipzs[ray]'") from e
+        raise UsageError("--engine ray needs Ray: pip install 'ray[data]'") from e
     run = open_parquet_folder(parquet_folder) if parquet_folder is not None else 0
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)

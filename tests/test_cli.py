@@ -138,6 +138,10 @@ def test_a_classifier_for_another_model_is_refused_before_any_weights_load(
         (["--labels", "cat,dog", "--device", "cuda"], "no CUDA GPU"),
         (["--labels", "cat,dog", "--device", "cpu:x"], "unknown device 'cpu:x'"),
         (["--labels", "cat,dog", "--model", "ViT-B-32"], "ViT-B-32 needs its weights: --pretrained TAG"),
+        (  # (not `clipzs models tiny-clip`, which knows no model of a config of one's own)
+            ["--labels", "cat,dog", "--model-config", "tests/tinyclip/tiny-clip.json"],
+            "tiny-clip (--model-config tests/tinyclip/tiny-clip.json) needs its weights: --pretrained CHECKPOINT",
+        ),
         (["--labels", "cat,dog", "--pretrained", "tests/models/rand-clip.json"], "name its model with --model"),
     ],
 )

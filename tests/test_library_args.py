@@ -172,3 +172,21 @@ def test_aliases_are_a_list_not_a_string_read_letter_by_letter(aliases: Any) -> 
     with pytest.raises(UsageError, match=r"aliases must be a list or tuple of strings, not .*Label\('circle', \("):
         Label("circle", aliases)
     assert Label("cat", ["cat", "kitten"]) == Label("cat", ("cat", "kitten"))  # a list is taken, kept as a tuple
+
+
+def test_a_classifier_made_by_hand_takes_names_and_says_its_shape(
+    tiny: ZeroShotClassifier, shapes: dict[Path, str]
+) -> None:
+    """Prototype vectors from the model's own features, as the README shows: names for labels, one column each."""
+    from clipzs.classifier import Classifier
+
+    paths = list(shapes)[:2]
+    vectors = torch.stack([f for _, f in tiny.encode_paths(paths)], 1)  # type: ignore[misc]
+    meta = {"fingerprint": tiny.model.fingerprint}
+    with pytest.raises(UsageError, match=r"weights must be a tensor \[D, C\] with one column per label \(2\)"):
+        Classifier(vectors.T, ["first", "second"], meta=meta)
+    with pytest.raises(UsageError, match="labels must be a list, not 'first'"):
+        Classifier(vectors, "first", meta=meta)  # type: ignore[arg-type]
+    mine = ZeroShotClassifier(tiny.model)
+    mine.use(Classifier(vectors, ["first", "second"], meta=meta))
+    assert [p.label for p in mine.classify_paths(paths, use_cache=False)] == ["first", "second"]
