@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 from clipzs import __version__
 from clipzs.config import CACHE_ENV
-from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED
+from clipzs.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
 
 FORWARDED = frozenset({"classify", "build-classifier", "eval", "probe", "sort"})
 """The commands that load a model, and so gain from a resident one."""
@@ -110,19 +110,32 @@ def forward(argv: Sequence[str]) -> int | None:
         cwd = os.getcwd()
     except OSError:  # the working folder is gone: let the command say so in its own process
         return None
+    if not _mine(socket_path()):
+        return None
     try:
-        with _connect(READY_TIMEOUT_S) as connected:
-            if connected is None:
-                return None
-            sock, server = connected
-            if server.get("identity") != identity():
-                return None  # another environment, or one it cannot switch to
-            stdin = sys.stdin.buffer.read() if "-" in argv[1:] else b""
-            sock.sendall(_request(list(argv), stdin, cwd))
-            return _relay(sock)
+        # Stdin first, however long its writer takes (a find over a large tree), not while a server waits for it.
+        stdin = sys.stdin.buffer.read() if "-" in argv[1:] else None
+        code = _forward(argv, stdin or b"", cwd)
     except KeyboardInterrupt:  # before the server had the command, or while relaying to a blocked stdout
         print("clipzs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if code is None and stdin is not None:  # run here after all: the command reads the same stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding=sys.stdin.encoding, errors="surrogateescape")
+    return code
+
+
+def _forward(argv: Sequence[str], stdin: bytes, cwd: str) -> int | None:
+    with _connect(READY_TIMEOUT_S) as connected:
+        if connected is None:
+            return None
+        sock, server = connected
+        if server.get("identity") != identity():
+            return None  # another environment, or one it cannot switch to
+        try:
+            sock.sendall(_request(list(argv), stdin, cwd))
+        except OSError:  # it went away (or stopped waiting) before it had the command
+            return None
+        return _relay(sock)
 
 
 def _servable(argv: Sequence[str]) -> bool:
@@ -135,16 +148,20 @@ def _servable(argv: Sequence[str]) -> bool:
     return not ("-" in argv[1:] and (sys.stdin is None or sys.stdin.isatty()))  # typed paths: read them here
 
 
+def _mine(path: Path) -> bool:
+    """Whether ``path`` is there and this user's: never hand this user's command to someone else's socket."""
+    try:
+        return path.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _connect(timeout: float) -> Iterator[tuple[socket.socket, dict[str, Any]] | None]:
     """A connection the server has taken, with what it says of itself; None when there is no server of this
     user, or it does not take the connection within ``timeout`` seconds."""
     path = socket_path()
-    try:
-        mine = path.stat().st_uid == os.getuid()  # never hand this user's command to someone else's socket
-    except OSError:
-        mine = False
-    if not mine:
+    if not _mine(path):
         yield None
         return
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -170,13 +187,16 @@ def _request(argv: list[str], stdin: bytes, cwd: str) -> bytes:
             size = os.get_terminal_size(fd)
         except OSError:
             continue
-        env.setdefault("COLUMNS", str(size.columns))
-        env.setdefault("LINES", str(size.lines))
+        if size.columns > 0:  # (a pty may report 0, which rich's own process would not take)
+            env.setdefault("COLUMNS", str(size.columns))
+        if size.lines > 0:
+            env.setdefault("LINES", str(size.lines))
         break
     umask = os.umask(0o022)
     os.umask(umask)
     header = {
         "argv": argv,
+        "prog": _program_name(),
         "cwd": cwd,
         "env": env,
         "umask": umask,
@@ -184,6 +204,15 @@ def _request(argv: list[str], stdin: bytes, cwd: str) -> bytes:
     }
     blob = json.dumps(header).encode("utf-8")
     return struct.pack(">II", len(blob), len(stdin)) + blob + stdin
+
+
+def _program_name() -> str:
+    """The name usage messages give the program, as Click finds it in its own process: ``python -m clipzs`` or
+    the script's name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name in ("clipzs", "clipzs.__main__"):
+        return "python -m clipzs"
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "clipzs"
 
 
 def _describe(stream: TextIO | None) -> dict[str, Any]:
@@ -209,6 +238,8 @@ def _relay(sock: socket.socket) -> int:
             if kind == _EXIT:
                 return int(payload.decode())
             stream = sys.stdout if kind == _STDOUT else sys.stderr
+            if stream is None:  # closed (2>&-): what goes there is lost, as in the command's own process
+                continue
             try:
                 stream.buffer.write(payload)
                 stream.flush()
@@ -217,6 +248,10 @@ def _relay(sock: socket.socket) -> int:
 
                 silence(stream)
                 return EXIT_BROKEN_PIPE
+            except OSError as e:  # a full disk, say: as the command's own process says it, and it stops
+                with contextlib.suppress(OSError, AttributeError):
+                    print(f"clipzs: error: {e.strerror or e}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
         except KeyboardInterrupt:
             if interrupted:
                 raise
@@ -528,7 +563,7 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
     try:
         with _client_context(request, stdin, stdout, stderr):
             watch.start()
-            code = _invoke(request["argv"])
+            code = _invoke(request["argv"], str(request.get("prog") or "clipzs"))
             watch.done()
             for stream in (stdout, stderr):
                 with contextlib.suppress(OSError, ValueError):  # a client gone (| head) already has its status
@@ -545,6 +580,7 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
         code = EXIT_FAILURE
         with contextlib.suppress(OSError, ValueError):
             stderr.write(f"clipzs: error: the clipzs server could not run the command: {e}\n")
+            stderr.flush()  # (before the channels hang up below)
     finally:
         watch.done()
         for channel in channels:
@@ -552,11 +588,11 @@ def _run(conn: socket.socket, request: dict[str, Any], stdin: bytes) -> tuple[in
     return code, watch.interrupted
 
 
-def _invoke(argv: list[str]) -> int:
+def _invoke(argv: list[str], prog: str = "clipzs") -> int:
     from clipzs.cli import app
 
     try:
-        app(args=argv, prog_name="clipzs", standalone_mode=True)
+        app(args=argv, prog_name=prog, standalone_mode=True)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
@@ -575,7 +611,7 @@ def _client_context(request: dict[str, Any], stdin: bytes, stdout: Any, stderr: 
     from clipzs import cache
 
     saved_env = dict(os.environ)
-    saved_cwd = os.getcwd()
+    saved_cwd = os.open(".", os.O_RDONLY)  # (by descriptor: the server's folder may have been deleted meanwhile)
     saved_streams = sys.stdin, sys.stdout, sys.stderr
     saved_umask = os.umask(request["umask"])
     try:
@@ -590,7 +626,8 @@ def _client_context(request: dict[str, Any], stdin: bytes, stdout: Any, stderr: 
         yield
     finally:
         sys.stdin, sys.stdout, sys.stderr = saved_streams
-        os.chdir(saved_cwd)
+        os.fchdir(saved_cwd)
+        os.close(saved_cwd)
         os.umask(saved_umask)
         cache.remember_umask(saved_umask)
         os.environ.clear()

@@ -46,11 +46,13 @@ def clipzs(
     )
 
 
-def start_server(tmp_path: Path, idle: str = "5", log_name: str = "server.log", *options: str) -> Server:
+def start_server(
+    tmp_path: Path, idle: str = "5", log_name: str = "server.log", *options: str, cwd: Path | None = None
+) -> Server:
     log = tmp_path / log_name
     with open(log, "wb") as f:
         process = subprocess.Popen(
-            [sys.executable, "-m", "clipzs", "serve", "--idle", idle, *options], stdout=f, stderr=f
+            [sys.executable, "-m", "clipzs", "serve", "--idle", idle, *options], stdout=f, stderr=f, cwd=cwd
         )
     if not server.wait_until_listening(60):
         process.kill()
@@ -469,3 +471,60 @@ def test_detach_with_a_relative_cache_folder(tmp_path: Path, monkeypatch: pytest
     finally:
         assert server.stop() == "stopped"
     assert not (tmp_path / "relcache" / "relcache").exists()
+
+
+def test_a_slow_path_list_does_not_hold_the_server(resident: Server, tiny_clip: ModelFiles, folder: Path) -> None:
+    """The client reads its stdin (a find over a large tree) before it takes the server: meanwhile others are
+    served, and the server never gives up on it (after 30 s it did, and the client died with a traceback)."""
+    args = ["classify", "-", "-l", "circle,square", "-f", "jsonl", *tiny_clip.args]
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "clipzs", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(3)  # it waits on its stdin now
+    other = clipzs("classify", str(folder), "-l", "circle,square", "-q", *tiny_clip.args)
+    assert other.returncode == EXIT_SKIPPED and len(served(resident)) == 1  # served, not run aside as if busy
+    out, err = slow.communicate(b"\n".join(str(p).encode() for p in sorted(folder.iterdir())), timeout=120)
+    assert slow.returncode == EXIT_SKIPPED, err
+    assert len(jsonl(out.decode())) == 5 and len(served(resident)) == 2
+
+
+def test_closed_and_full_output_streams_end_as_in_the_commands_own_process(
+    resident: Server, tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    """2>&- (cron, supervisors): the command runs to its end with its status (it stopped at its first message to
+    stderr, exit 1); > /dev/full: one line saying so, exit 2 (a traceback)."""
+    args = [sys.executable, "-m", "clipzs", "classify", str(folder), "-l", "circle,square", *tiny_clip.args]
+    for name, local in (("served.jsonl", False), ("own.jsonl", True)):
+        env = {**os.environ, **({"CLIPZS_NO_SERVER": "1"} if local else {})}
+        code = subprocess.run([*args, "-o", str(tmp_path / name)], env=env, preexec_fn=lambda: os.close(2)).returncode
+        assert code == EXIT_SKIPPED
+    assert (tmp_path / "served.jsonl").read_text() == (tmp_path / "own.jsonl").read_text()
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            served_run = subprocess.run(args, stdout=full, stderr=subprocess.PIPE)
+            own = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, env={**os.environ, "CLIPZS_NO_SERVER": "1"})
+        assert served_run.returncode == own.returncode == 2
+        assert b"No space left on device" in served_run.stderr and b"Traceback" not in served_run.stderr
+    assert len(served(resident)) >= 1
+
+
+def test_a_server_whose_folder_is_deleted_still_serves(tiny_clip: ModelFiles, folder: Path, tmp_path: Path) -> None:
+    """A foreground `clipzs serve` started in a folder deleted since: every command failed, silently."""
+    (tmp_path / "gone").mkdir()
+    running = start_server(tmp_path, cwd=tmp_path / "gone")
+    try:
+        (tmp_path / "gone").rmdir()
+        result = clipzs("classify", str(folder), "-l", "circle,square", "-f", "jsonl", *tiny_clip.args)
+        assert result.returncode == EXIT_SKIPPED, result.stderr
+        assert len(jsonl(result.stdout.decode())) == 5 and len(served(running)) == 1
+    finally:
+        assert server.stop() == "stopped"
+        running.process.wait(timeout=30)
+
+
+def test_usage_messages_name_the_program_as_its_own_process_does(resident: Server, tiny_clip: ModelFiles) -> None:
+    args = ["classify", "x.png", "-l", "a,b", "--bogus", *tiny_clip.args]
+    served_run, own = clipzs(*args), clipzs(*args, local=True)
+    assert served_run.returncode == own.returncode == 2
+    assert served_run.stderr == own.stderr and b"python -m clipzs classify" in own.stderr
+    assert len(served(resident)) == 1
