@@ -71,7 +71,7 @@ class LoadedModel:
         weights = self.fingerprint.split("|built:")[0]
         if self.built_from is None or not weights.startswith("sha256:") or name.startswith("hf-hub:"):
             return None
-        return f"{weights}|built:{key_of({**self.built_from, 'model': name})[:16]}"
+        return fingerprint_of(weights, {**self.built_from, "model": name})
 
     @property
     def cache_tag(self) -> str:
@@ -503,7 +503,7 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
     # One checkpoint can be loaded into models that compute differently (QuickGELU or GELU, another pooling):
     # what identifies the model is its weights and what it is built from.
     built_from = {"model": name, "config": open_clip.get_model_config(name), "options": tag_options}
-    fingerprint = f"{weights}|built:{key_of(built_from)[:16]}"
+    fingerprint = fingerprint_of(weights, built_from)
     return LoadedModel(
         model=model,
         preprocess=preprocess,
@@ -517,6 +517,11 @@ def _build(open_clip: Any, name: str, pretrained: str, config_path: Path | None,
         precision=resolve_precision(torch_device),
         built_from=built_from,
     )
+
+
+def fingerprint_of(weights: str, built_from: dict[str, Any]) -> str:
+    """What identifies a model: its weights, and a digest of what it is built from (name, config, options)."""
+    return f"{weights}|built:{key_of(built_from)[:16]}"
 
 
 _INIT_FUNCTIONS = (
