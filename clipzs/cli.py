@@ -1007,7 +1007,9 @@ def _check_same_labels(done: dict[str, str | None], zsc: ZeroShotClassifier, out
     names = set(zsc.classifier.names) if zsc.classifier else set()
     other = sorted({label for label in done.values() if label is not None} - names)
     if other:
-        shown = ", ".join(map(repr, other[:5])) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        from clipzs.output import some_of
+
+        shown = some_of([repr(label) for label in other], 5)
         raise UsageError(
             f"{output} holds images labelled {shown}, which this run cannot give: resume it with the labels or "
             "classifier it was made with, or write another file"

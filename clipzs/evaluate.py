@@ -21,6 +21,7 @@ import numpy as np
 
 from clipzs.errors import ClipzsWarning, ImageError, UsageError
 from clipzs.images import image_extensions, walk
+from clipzs.output import some_of
 from clipzs.prompts import Label, read_text
 
 if TYPE_CHECKING:
@@ -225,8 +226,7 @@ def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[
     by_name = {label.name: label for label in mapping}
     unused = sorted(set(by_name) - set(classes))
     if unused:  # a typo would quietly prompt the class by its folder name instead, and lower its accuracy
-        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
-        shown = ", ".join(map(repr, unused[:5])) + more
+        shown = some_of([repr(label) for label in unused], 5)
         message = f"{len(unused)} labels of the labels file name no class of the dataset: {shown}"
         warnings.warn(message, ClipzsWarning, stacklevel=2)
     return [by_name.get(name, Label(name, (spoken(name),))) for name in classes]
@@ -298,7 +298,7 @@ def evaluate_model(
             continue
         untested = [dataset.classes[c] for c in sorted(set(y.tolist()) - set(y[rest].tolist()))]
         if untested:  # all their images train the probe: its figures say nothing of them
-            shown = ", ".join(untested[:10]) + (f" and {len(untested) - 10} more" if len(untested) > 10 else "")
+            shown = some_of(untested, 10)
             message = f"{k} shots per class leave no image to test on of {len(untested)} classes, which the "
             warnings.warn(f"{message}{k}-shot probe's figures leave out: {shown}", ClipzsWarning, stacklevel=2)
         probe = fit_probe(x[chosen], y[chosen], len(labels), seed=seed).classifier
@@ -320,7 +320,7 @@ def evaluate_classifier(
     columns = {c: names.index(n) for c in dataset.classes for n in (spoken(c), c) if n in names}
     missing = [c for c in dataset.classes if c not in columns]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = some_of(missing, 10)
         known = ", ".join(map(repr, names[:10])) + (" ..." if len(names) > 10 else "")
         raise UsageError(f"classifier {name} has no label for the classes {shown}; its labels are {known}")
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)

@@ -429,3 +429,9 @@ def shortened(text: str, limit: int = MAX_SHOWN) -> str:
         return shown
     keep = (limit - 3) // 2
     return f"{shown[:keep]}...{shown[-keep:]}"
+
+
+def some_of(items: Sequence[str], at_most: int) -> str:
+    """The first ``at_most`` items, comma-separated, and how many more there are: 'a, b and 3 more'."""
+    more = f" and {len(items) - at_most} more" if len(items) > at_most else ""
+    return ", ".join(items[:at_most]) + more
