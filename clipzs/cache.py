@@ -79,9 +79,9 @@ def _umask() -> int:
 
 
 def key_of(fields: dict[str, Any]) -> str:
-    """A stable hex key for a dict of JSON-able fields."""
+    """A stable hex key for a dict of JSON-able fields (file names whose bytes are not UTF-8 included)."""
     blob = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def file_sha256(path: Path) -> str:
@@ -97,7 +97,7 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     hexdigest = digest.hexdigest()
     with contextlib.suppress(OSError):  # an unwritable cache only costs re-hashing next time
-        atomic_write(memo, lambda tmp: _write_text(tmp, hexdigest))
+        atomic_write(memo, lambda tmp: write_text(tmp, hexdigest))
     return hexdigest
 
 
@@ -108,5 +108,6 @@ def file_version(status: os.stat_result) -> tuple[int, int, int]:
     return (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text (for ``atomic_write``)."""
     path.write_text(text, encoding="utf-8")

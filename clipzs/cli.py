@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from clipzs.api import ZeroShotClassifier
+    from clipzs.classifier import Classifier
     from clipzs.evaluate import Run
     from clipzs.output import Writer
     from clipzs.prediction import Prediction
@@ -236,12 +237,18 @@ def classify(
         if output is not None:  # (a classifier file names the weights it was built with)
             _refuse_overwriting(output, *_model_files(zsc))
         _warn_one_label(console, zsc)
-        _check_same_labels(done, zsc, output)
         assert zsc.classifier is not None
+        _check_same_labels(done, zsc, output)
+        if output is not None and (appending or done):
+            _check_same_classifier(output, zsc.classifier)
         skipped = _Skips(console)
         ranked = _csv_columns(output, appending and chosen == "csv", min(top_k, len(zsc.classifier.names)))
         with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
             writer = _writer(chosen, engine, output, stream, ranked, appending)
+            if output is not None:
+                from clipzs.provenance import record
+
+                record(output, zsc.classifier)
             ray_was_running = engine == "ray" and _ray_running()
             try:
                 with _progress(console, len(paths), quiet) as advance:
@@ -1000,6 +1007,20 @@ def _errors() -> Iterator[Console]:
     except OSError as e:  # a file or folder the command was given or had to write: name it, with the system's reason
         console.print(f"clipzs: error: {_os_reason(e)}")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _check_same_classifier(output: Path, classifier: Classifier) -> None:
+    """Refuse to resume an output that another classifier wrote (another model, other weights, templates or
+    labels), as its record in the cache says: one file would mix the answers of two classifiers."""
+    from clipzs.provenance import describe, differences, identity, recorded
+
+    earlier = recorded(output)
+    changed = differences(earlier["identity"], identity(classifier)) if earlier else []
+    if earlier and changed:
+        raise UsageError(
+            f"{output} was written with {' and '.join(changed)} than this run's ({earlier['described']}, against "
+            f"{describe(classifier)}): resume it with what it was written with, or write another file"
+        )
 
 
 def _check_same_labels(done: dict[str, str | None], zsc: ZeroShotClassifier, output: Path | None) -> None:

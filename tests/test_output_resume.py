@@ -199,13 +199,14 @@ def test_resume_into_a_csv_keeps_its_columns(tiny_clip: ModelFiles, folder: Path
     code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-k", "1", "-o", str(out), *tiny_clip.args)
     assert code == EXIT_OK
     before = out.read_bytes()
-    code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
-    assert code == EXIT_USAGE and "holds 1 ranked labels a row and this run would write 2" in stderr
+    code, _, stderr = run("classify", str(folder), "-l", "cat,dog,bird", "-o", str(out), "--resume", *tiny_clip.args)
+    assert code == EXIT_USAGE and "holds 1 ranked labels a row and this run would write 3" in stderr
     assert "--top-k 1" in stderr and out.read_bytes() == before  # refused, and the file left as it was
 
     out.unlink()  # the other way round: fewer ranked labels than the file has columns for, which stay empty
     code, _, _ = run("classify", *map(str, first), "-l", "cat,dog,bird", "-o", str(out), *tiny_clip.args)
-    code, _, stderr = run("classify", str(folder), "-l", "cat,dog", "-o", str(out), "--resume", *tiny_clip.args)
+    resumed = run("classify", str(folder), "-l", "cat,dog,bird", "-k", "2", "-o", str(out), "--resume", *tiny_clip.args)
+    code, _, stderr = resumed
     assert code == EXIT_OK, stderr
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
     assert len(rows) == 1 + len(list(folder.iterdir())) and {len(row) for row in rows} == {len(rows[0])}
@@ -241,3 +242,58 @@ def test_resume_refuses_to_mix_in_other_labels(
     assert snapshot(out) == before
     code, _, _ = run("classify", str(folder), "-l", "dog,cat", "-o", str(out), "--resume", *tiny_clip.args)
     assert code == EXIT_OK  # labels it can give: carried on
+
+
+def resumed_with(out: Path, folder: Path, model: ModelFiles, *more: str) -> tuple[int, str]:
+    code, _, stderr = run("classify", str(folder), "-o", str(out), "--resume", *model.args, *more)
+    return code, stderr
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_resume_refuses_other_templates_or_more_labels(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str
+) -> None:
+    """Labels the file already holds say nothing of templates, or of labels added since: the scores of the rows
+    already written would not be this run's."""
+    out = tmp_path / f"results{suffix}"
+    first = sorted(folder.iterdir())[:2]
+    code, _, _ = run("classify", *map(str, first), "-l", "cat,dog", "-t", "simple", "-o", str(out), *tiny_clip.args)
+    assert code == EXIT_OK
+    before = snapshot(out)
+    code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog", "-t", "openai-7")
+    assert code == EXIT_USAGE
+    assert "other templates" in stderr and "1 templates" in stderr and "7 templates" in stderr
+    code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog,bird", "-t", "simple")
+    assert code == EXIT_USAGE
+    assert "other labels" in stderr and "templates" not in stderr.split("than this run's")[0]
+    assert snapshot(out) == before
+    code, stderr = resumed_with(out, folder, tiny_clip, "-l", "dog,cat", "-t", "simple")
+    assert code == EXIT_OK, stderr  # the same classifier, its labels in another order
+    assert len(ParquetWriter.written_paths(out) if suffix == ".parquet" else paths_in(out)) == 4
+
+
+def test_resume_refuses_another_model(
+    tiny_clip: ModelFiles, rand_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / BAD_NAME.replace(".jpg", ".jsonl")  # (its record is kept under a name that is not UTF-8 too)
+    first = sorted(folder.iterdir())[:2]
+    assert run("classify", *map(str, first), "-l", "cat,dog", "-o", str(out), *rand_clip.args)[0] == EXIT_OK
+    code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog")
+    assert code == EXIT_USAGE
+    assert "another model or other weights" in stderr and "rand-clip" in stderr and "tiny-clip" in stderr
+    assert resumed_with(out, folder, rand_clip, "-l", "cat,dog")[0] == EXIT_OK
+
+
+def test_a_file_made_again_under_the_name_is_not_held_to_the_old_record(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    """The record is of the file a run wrote: one written since by other means (here a copy put in its place)
+    is resumed as before, on its labels alone."""
+    out = tmp_path / "results.jsonl"
+    first = sorted(folder.iterdir())[:2]
+    assert run("classify", *map(str, first), "-l", "cat,dog", "-t", "simple", "-o", str(out), *tiny_clip.args)[0] == 0
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(out.read_bytes())
+    out.unlink()
+    copy.rename(out)
+    assert resumed_with(out, folder, tiny_clip, "-l", "cat,dog")[0] == EXIT_OK
