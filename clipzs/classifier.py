@@ -71,7 +71,7 @@ class Classifier:
 
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.meta}
         header["labels"] = [{"name": label.name, "aliases": list(label.aliases)} for label in self.labels]
-        metadata = {"clipzs": json.dumps(header, ensure_ascii=False)}
+        metadata = {"clipzs": json.dumps(header)}  # ASCII: a path that is not UTF-8 is kept as a \u escape
         tensors = {TENSOR_NAME: self.weights.detach().float().contiguous().cpu()}
         if self.bias is not None:
             tensors[BIAS_NAME] = self.bias.detach().float().contiguous().cpu()

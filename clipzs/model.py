@@ -574,14 +574,15 @@ def _map_checkpoints() -> Iterator[None]:
 
     open_clip reads a checkpoint with ``torch.load`` and then copies each tensor into the model; with ``mmap``
     the first read goes straight from the file (a ViT-B/32: 0.05 s instead of 0.4 to 1 s). Only the zip
-    format that ``torch.save`` writes can be mapped; other files load as before.
+    format that ``torch.save`` writes can be mapped, from a path that is UTF-8; other files load as before.
     """
     import zipfile
 
     original = torch.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if "mmap" not in kwargs and isinstance(f, (str, os.PathLike)) and zipfile.is_zipfile(f):
+        mappable = isinstance(f, (str, os.PathLike)) and _is_utf8(os.fsdecode(f))  # (torch's mmap wants UTF-8)
+        if "mmap" not in kwargs and mappable and zipfile.is_zipfile(f):
             kwargs["mmap"] = True
         return original(f, *args, **kwargs)
 
@@ -664,7 +665,10 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
 
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return str(path.resolve()), f"sha256:{file_sha256(path)}", {}
+        resolved = str(path.resolve())
+        if path.suffix == ".safetensors" and not _is_utf8(resolved):
+            raise ModelError(f"safetensors opens only files whose path is UTF-8, which {resolved!r} is not: rename it")
+        return resolved, f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
         return "", name, {}  # (open_clip downloads its files, or finds them in the Hugging Face cache)
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
@@ -687,6 +691,14 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
         except Exception as e:
             raise ModelError(f"could not download the weights of {name} ({pretrained}): {_first_line(e)}") from e
     return checkpoint, f"{name}:{pretrained}", options
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # (bytes that are not UTF-8 come as lone surrogates)
+        return False
+    return True
 
 
 def _cached_checkpoint(cfg: dict[str, Any]) -> str | None:

@@ -347,6 +347,25 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(
         assert code == EXIT_USAGE and message in stderr, stderr
 
 
+def test_a_checkpoint_whose_name_is_not_utf8(tiny_clip: ModelFiles, photos: list[Path], tmp_path: Path) -> None:
+    """A torch checkpoint loads; safetensors (which cannot open such a path) is refused with the reason."""
+    for suffix in (".pt", ".safetensors"):
+        weights = tmp_path / os.fsdecode(b"tiny\xff" + suffix.encode())
+        if suffix == ".pt":
+            from safetensors.torch import load_file
+
+            torch.save(load_file(tiny_clip.checkpoint), weights)
+        else:
+            weights.write_bytes(tiny_clip.checkpoint.read_bytes())
+        code, _, stderr = run(
+            "classify", str(photos[0]), "-l", "a,b", "--model-config", str(tiny_clip.config), "-p", str(weights)
+        )
+        if suffix == ".pt":
+            assert code == EXIT_OK, stderr
+        else:
+            assert code == EXIT_USAGE and "is not: rename it" in stderr and "another model" not in stderr, stderr
+
+
 def test_a_weights_mismatch_is_told_in_one_line() -> None:
     from clipzs.model import _reason
 
