@@ -532,16 +532,18 @@ def evaluate(
             )
             if plot is not None:  # (the file names the weights it was built with)
                 _refuse_overwriting(plot, *_model_files(zsc), option="--plot")
-            run, skipped = evaluate_classifier(zsc, dataset, Path(file).name, use_cache=not no_cache)
+            run, skipped = evaluate_classifier(zsc, dataset, _run_name(file, classifier or []), use_cache=not no_cache)
             runs.append(run)
         for path, reason in skipped:
             _report_skipped(console, str(path), reason)
         if not runs:
             raise UsageError("no run to report: every --shots count was left out, as warned above")
-        render_eval(runs, dataset.classes, sys.stdout, fmt)
-        if plot is not None and shot_counts:
+        render_eval(runs, dataset.classes, sys.stdout, fmt, skipped)
+        if plot is not None and any(run.shots is not None for run in runs):
             plot_few_shot(runs, plot)
         elif plot is not None:
+            if shot_counts:  # every count was left out: a curve would have no point
+                console.print("clipzs: warning: no few-shot probe to draw; --plot shows a confusion matrix instead")
             plot_confusion(best_run(runs), dataset.classes, plot)
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
@@ -712,6 +714,13 @@ def probe_fit(
         )
         if skipped:
             raise typer.Exit(EXIT_SKIPPED)
+
+
+def _run_name(file: str, files: Iterable[str]) -> str:
+    """How eval names a classifier file's run: by its file name, or by its path as given where another file of
+    that name is measured beside it (exp1/probe.clf and exp2/probe.clf would read as the same run)."""
+    name = Path(file).name
+    return file if sum(Path(other).name == name for other in set(files)) > 1 else name
 
 
 def _model_pairs(models: list[str] | None, weights: list[str] | None) -> list[tuple[str | None, str | None]]:

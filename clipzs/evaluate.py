@@ -22,7 +22,7 @@ import numpy as np
 from clipzs.errors import ClipzsWarning, ImageError, UsageError
 from clipzs.images import image_extensions, walk
 from clipzs.output import some_of
-from clipzs.prompts import Label, read_text
+from clipzs.prompts import Label, is_text, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +53,12 @@ def load_dataset(root: Path) -> Dataset:
         raise UsageError(f"{root} does not exist")
     pairs = _once_each(pairs, root)
     classes = sorted({label for _, label in pairs})
+    for name in classes:  # (refused now: it would fail once every image is encoded, or a probe trained)
+        if not is_text(name):
+            raise UsageError(
+                f"{root}: the class {name!r} is not UTF-8 text (a folder named in another encoding?): rename it, "
+                "or list the images in a CSV of path,label"
+            )
     if len(classes) < 2:
         raise UsageError(f"{root} holds {len(classes)} class{'es' if not classes else ''}: it needs two or more")
     index = {name: i for i, name in enumerate(classes)}
@@ -89,13 +95,26 @@ def _from_folders(root: Path) -> list[tuple[Path, str]]:
             stacklevel=3,
         )
     empty = []
+    inner: list[set[str]] = []  # per class, the sub-folders its images lie in; empty where some lie in it directly
     for folder in folders:
         images = walk(folder)
         if not images:
             empty.append(folder.name)
         pairs += [(image, folder.name) for image in images]
-    if empty:
-        raise UsageError(f"class folder{'s' if len(empty) > 1 else ''} without images in {root}: {', '.join(empty)}")
+        places = [image.relative_to(folder).parts for image in images]
+        inner.append({parts[0] for parts in places} if all(len(parts) > 1 for parts in places) else set())
+    if empty:  # (such as the __MACOSX folder of an archive made on a Mac, which holds only hidden files)
+        raise UsageError(
+            f"class folder{'s' if len(empty) > 1 else ''} without images in {root}: {', '.join(empty)}; every class "
+            f"needs an image: put images in, or move {'them' if len(empty) > 1 else 'it'} out of {root}"
+        )
+    shared = sorted(set.intersection(*inner)) if inner else []
+    if len(shared) >= 2:  # train/cat, train/dog, val/cat, val/dog: the classes would be 'train' and 'val'
+        names = some_of([folder.name for folder in folders], 5)
+        held = f"folder {names} holds its" if len(folders) == 1 else f"folders {names} all hold their"
+        message = f"{root}: the class {held} images in the sub-folders {some_of(shared, 5)}: if those are the "
+        hint = f"classes, give the folder that holds them, such as {folders[0]}"
+        warnings.warn(message + hint, ClipzsWarning, stacklevel=3)
     return pairs
 
 
@@ -200,6 +219,7 @@ class Run:
     images: int
     metrics: Metrics
     shots: int | None = None  # a probe fitted on this many images per class; None: zero-shot or a classifier file
+    seed: int | None = None  # the --seed that drew those images (the report alone then says how to redo it)
 
     def to_dict(self, classes: Sequence[str]) -> dict[str, object]:
         m = self.metrics
@@ -209,6 +229,7 @@ class Run:
             "templates": self.templates,
             "images": self.images,
             "shots": self.shots,
+            "seed": self.seed,
             "top1": m.top1,
             "top5": m.top5,
             "mean_per_class_recall": m.mean_per_class_recall,
@@ -277,11 +298,12 @@ def evaluate_model(
     from clipzs.probe import check_every_class_seen, check_seed, few_shot, fit_probe
 
     check_seed(seed)
+    # The classifiers first: labels the model cannot tell apart are refused before the images are encoded.
+    built = [(templates, zsc.build(labels, templates, use_cache=use_cache)) for templates in template_sets]
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     runs = []
-    for templates in template_sets:
-        zsc.build(labels, templates, use_cache=use_cache)
-        scores = zsc.logits(features).numpy()  # the ranking is all the metrics need
+    for templates, classifier in built:
+        scores = zsc.logits(features, classifier).numpy()  # the ranking is all the metrics need
         runs.append(Run(zsc.model.name, zsc.model.pretrained, templates, len(targets), metrics(scores, targets)))
     x, y = features.numpy(), np.asarray(targets)
     if shots:
@@ -304,7 +326,8 @@ def evaluate_model(
         probe = fit_probe(x[chosen], y[chosen], len(labels), seed=seed).classifier
         scores = probe.logits(x[rest])  # the ranking is all the metrics need: no softmax
         measured = metrics(scores, y[rest])
-        runs.append(Run(zsc.model.name, zsc.model.pretrained, f"{k}-shot probe", len(rest), measured, shots=k))
+        name = f"{k}-shot probe"
+        runs.append(Run(zsc.model.name, zsc.model.pretrained, name, len(rest), measured, shots=k, seed=seed))
     return runs, skipped
 
 
@@ -365,7 +388,9 @@ def plot_few_shot(runs: Sequence[Run], path: Path) -> None:
         color = next(colors)
         probes = sorted((run.shots, run.metrics.top1) for run in own if run.shots is not None)
         if probes:  # (a classifier file's model has none)
-            axes.plot(*zip(*probes, strict=True), marker="o", color=color, label=f"{model[0]} ({model[1]}) probe")
+            # A checkpoint by its file name, as plot_confusion's title names it: a whole path runs off the legend.
+            name = f"{model[0]} ({Path(model[1]).name}) probe"
+            axes.plot(*zip(*probes, strict=True), marker="o", color=color, label=name)
             axes.set_xticks([k for k, _ in probes], [str(k) for k, _ in probes])
         others = [run for run in own if run.shots is None]
         for run, style in zip(others, itertools.cycle(["--", ":", "-."]), strict=False):

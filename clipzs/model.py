@@ -33,6 +33,7 @@ from clipzs.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clipzs.device import cache_tag, image_autocast, resolve_device, resolve_precision
 from clipzs.errors import ModelError, UsageError
 from clipzs.images import Draft, resized_crop
+from clipzs.prompts import is_text
 
 logger = logging.getLogger("clipzs")
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -581,7 +582,7 @@ def _map_checkpoints() -> Iterator[None]:
     original = torch.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        mappable = isinstance(f, (str, os.PathLike)) and _is_utf8(os.fsdecode(f))  # (torch's mmap wants UTF-8)
+        mappable = isinstance(f, (str, os.PathLike)) and is_text(os.fsdecode(f))  # (torch's mmap wants UTF-8)
         if "mmap" not in kwargs and mappable and zipfile.is_zipfile(f):
             kwargs["mmap"] = True
         return original(f, *args, **kwargs)
@@ -666,7 +667,7 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
     path = Path(pretrained).expanduser()
     if path.is_file():
         resolved = str(path.resolve())
-        if path.suffix == ".safetensors" and not _is_utf8(resolved):
+        if path.suffix == ".safetensors" and not is_text(resolved):
             raise ModelError(f"safetensors opens only files whose path is UTF-8, which {resolved!r} is not: rename it")
         return resolved, f"sha256:{file_sha256(path)}", {}
     if name.startswith("hf-hub:"):
@@ -691,14 +692,6 @@ def _resolve_weights(name: str, pretrained: str) -> tuple[str, str, dict[str, An
         except Exception as e:
             raise ModelError(f"could not download the weights of {name} ({pretrained}): {_first_line(e)}") from e
     return checkpoint, f"{name}:{pretrained}", options
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # (bytes that are not UTF-8 come as lone surrogates)
-        return False
-    return True
 
 
 def _cached_checkpoint(cfg: dict[str, Any]) -> str | None:

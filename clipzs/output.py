@@ -335,11 +335,18 @@ class TableWriter:
         self.console.print(self.table)
 
 
-def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fmt: str) -> None:
-    """Evaluation results: JSON with every figure, or tables (the runs; recall per class and, for up to 15
-    classes, the confusion matrix of the best run)."""
+def render_eval(
+    runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fmt: str, skipped: Sequence[tuple[Path, str]] = ()
+) -> None:
+    """Evaluation results: JSON with every figure and the images ``skipped`` (unreadable: in no figure), or
+    tables (the runs; recall per class and, for up to 15 classes, the confusion matrix of the best run)."""
     if fmt == "json":
-        json.dump({"classes": list(classes), "runs": [run.to_dict(classes) for run in runs]}, stream, indent=2)
+        report = {
+            "classes": list(classes),
+            "runs": [run.to_dict(classes) for run in runs],
+            "skipped": [{"path": str(path), "error": why} for path, why in skipped],
+        }
+        json.dump(report, stream, indent=2)
         stream.write("\n")
         return
     from rich.table import Table
@@ -348,13 +355,14 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
 
     wide = None if stream.isatty() else 1_000  # in a file or a pipe, nothing is cut to fit 80 columns
     console = results_console(stream, width=wide, markup=False)  # a class named 'old [/old]' is text
+    classes = [printable(name) for name in classes]  # a folder name's newline would split its row in two
     summary = Table("model", "pretrained", "templates", "images", "top-1", "top-5", "mean recall", box=None)
     for run in runs:
         m = run.metrics
         summary.add_row(
             run.model,
-            run.pretrained,
-            run.templates,
+            printable(run.pretrained),
+            printable(run.templates),
             str(run.images),
             f"{m.top1:.1%}",
             f"{m.top5:.1%}",
@@ -363,7 +371,10 @@ def render_eval(runs: Sequence[Run], classes: Sequence[str], stream: IO[str], fm
     console.print(summary)
     best = best_run(runs)
     # Titles as lines of their own: a table's title wraps at the (narrow) table's width.
-    console.print(f"\nrecall per class, best run: {best.model} ({best.pretrained}), {best.templates}", soft_wrap=True)
+    console.print(
+        f"\nrecall per class, best run: {best.model} ({printable(best.pretrained)}), {printable(best.templates)}",
+        soft_wrap=True,
+    )
     per_class = Table("class", "recall", "images", box=None)
     for name, recall, support in zip(classes, best.metrics.per_class_recall, best.metrics.support, strict=True):
         per_class.add_row(name, "-" if recall is None else f"{recall:.1%}", str(support))

@@ -193,14 +193,14 @@ def train_classifier(
     from clipzs.evaluate import encode_dataset
 
     check_seed(seed)
+    zero_shot = None
+    if blend_templates:  # (first: labels the model cannot tell apart are refused before the images are encoded)
+        built = zsc.build(labels, blend_templates, use_cache=use_cache)
+        zero_shot = Linear(built.weights.numpy() * zsc.model.logit_scale, np.zeros(len(labels), dtype=np.float32))
     features, targets, skipped = encode_dataset(zsc, dataset.paths, dataset.targets, use_cache=use_cache)
     check_every_class_seen(labels, set(targets), dataset, dict(skipped))
     chosen = few_shot(targets, shots, seed) if shots else list(range(len(targets)))
     x, y = features.numpy()[chosen], np.asarray(targets)[chosen]
-    zero_shot = None
-    if blend_templates:
-        built = zsc.build(labels, blend_templates, use_cache=use_cache)
-        zero_shot = Linear(built.weights.numpy() * zsc.model.logit_scale, np.zeros(len(labels), dtype=np.float32))
     result = fit_probe(x, y, len(labels), seed=seed, zero_shot=zero_shot)
     meta: dict[str, object] = {
         **zsc.meta_for(load_templates(blend_templates) if blend_templates else []),

@@ -111,6 +111,9 @@ def check_labels(given: Iterable[Label]) -> tuple[Label, ...]:
     for label in labels:
         if not label.name.strip() or not label.aliases or not all(a.strip() for a in label.aliases):
             raise UsageError(f"a label needs a name and aliases that are not empty: {label!r}")
+        for text in (label.name, *label.aliases):
+            if not is_text(text):  # it could be neither encoded into a prompt nor written to a file
+                raise UsageError(f"label {text!r} is not UTF-8 text (a name in another encoding?): give it in UTF-8")
     if not labels:
         raise UsageError(
             "no labels given: name the classes (--labels 'cat,dog' or --labels-file FILE; build(['cat', 'dog']))"
@@ -121,6 +124,16 @@ def check_labels(given: Iterable[Label]) -> tuple[Label, ...]:
             raise UsageError(f"label {label.name!r} is given twice")
         seen.add(label.name)
     return labels
+
+
+def is_text(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: a file or folder name in another encoding ('caf\\xe9' in Latin-1) comes to
+    Python with lone surrogates ('caf\\udce9'), which no prompt can hold, nor what opens files by a UTF-8 path."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def labels_from_option(text: str) -> tuple[Label, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -84,9 +85,33 @@ def test_each_image_counts_once_and_has_one_label(tmp_path: Path) -> None:
         assert len(load_dataset(tmp_path / "tree").paths) == 4
 
 
+def test_a_folder_of_splits_is_warned_of(tmp_path: Path) -> None:
+    """DATA/train/<class>, DATA/val/<class> given as DATA made two classes, 'train' and 'val', prompted as such,
+    and figures that mean nothing, without a word. Sub-folders of a class are otherwise its images."""
+    import warnings
+
+    from clipzs.errors import ClipzsWarning
+
+    for split, seed in (("train", 1), ("val", 2)):
+        shapes_tree(tmp_path / "data" / split, CLASSES[:2], per_class=1, seed=seed)
+    with pytest.warns(ClipzsWarning, match=r"class folders train, val all hold their images in the sub-folders"):
+        assert load_dataset(tmp_path / "data").classes == ["train", "val"]
+
+    shapes_tree(tmp_path / "nested", CLASSES[:2], per_class=1, seed=3)
+    for folder in ("red_circle/day", "red_circle/night", "red_square/day"):  # a class's own sub-folders
+        shapes_tree(tmp_path / "nested" / folder, CLASSES[:1], per_class=1, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_dataset(tmp_path / "nested").paths) == 5
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
-    [({"a": 2, "b": 0}, "without images"), ({"a": 3}, "needs two or more"), ({}, "needs two or more")],
+    [
+        ({"a": 2, "b": 0}, "without images in .*: b; every class needs an image: put images in, or move it out of"),
+        ({"a": 3}, "needs two or more"),
+        ({}, "needs two or more"),
+    ],
 )
 def test_bad_folders_say_why(tmp_path: Path, layout: dict[str, int], message: str) -> None:
     for name, count in layout.items():
@@ -95,6 +120,28 @@ def test_bad_folders_say_why(tmp_path: Path, layout: dict[str, int], message: st
             (tmp_path / name / f"{i}.png").write_bytes(b"")
     with pytest.raises(UsageError, match=message):
         load_dataset(tmp_path)
+
+
+def test_a_class_folder_named_in_another_encoding_is_refused_before_any_work(
+    tiny_clip: ModelFiles, tmp_path: Path
+) -> None:
+    """A folder named in Latin-1 ('caf\\xe9') is a class name that no prompt, JSON or classifier file can hold:
+    eval and probe fit said so with a traceback, probe fit only once its training was done."""
+    import os
+
+    data = tmp_path / "data"
+    shapes_tree(data, CLASSES[:1], per_class=1, seed=1)
+    try:
+        os.mkdir(os.fsencode(data) + b"/caf\xe9")
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    (data / os.fsdecode(b"caf\xe9") / "0.png").write_bytes((data / "red_circle" / "0.png").read_bytes())
+    probe = tmp_path / "p.clf"
+    for command in (["eval", str(data)], ["probe", "fit", str(data), "-o", str(probe)]):
+        result = CliRunner().invoke(app, [*command, *tiny_clip.args])
+        assert "Traceback" not in result.output and result.exit_code == EXIT_USAGE, result.output
+        assert "the class 'caf\\udce9' is not UTF-8 text" in result.stderr and "rename it" in result.stderr
+    assert not probe.exists()
 
 
 @pytest.mark.parametrize(
@@ -160,6 +207,10 @@ def test_eval_table_plot_and_unreadable_images(tiny_clip: ModelFiles, tmp_path: 
     assert "top-1" in stdout and "red_circle" in stdout and "confusion matrix" in stdout
     assert str(tiny_clip.checkpoint) in stdout.splitlines()[1]  # in a pipe, the table is not cut to 80 columns
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, stdout, _ = run_eval(str(tmp_path / "data"), "-f", "json", *tiny_clip.args)
+    report = json.loads(stdout)  # a report kept in a file says what its figures leave out, as stderr did
+    assert code == EXIT_SKIPPED and report["runs"][0]["images"] == 12
+    assert report["skipped"] == [{"path": str(tmp_path / "data" / "red_circle" / "broken.png"), "error": ANY}]
 
 
 def test_eval_usage_errors(tiny_clip: ModelFiles, tmp_path: Path) -> None:
@@ -272,6 +323,7 @@ def test_eval_seed_picks_the_shots(tiny_clip: ModelFiles, tmp_path: Path, monkey
     shots, held, report = run(3)
     assert [len(images) for images in shots] == [3, 9] and [len(h) for h in held] == [0, 3]  # (1 shot: none held)
     assert [entry["images"] for entry in json.loads(report)["runs"]] == [15, 12, 6]  # tested on the images not drawn
+    assert [entry["seed"] for entry in json.loads(report)["runs"]] == [None, 3, 3]  # the report says how to redo it
     assert run(3) == (shots, held, report)
     other_shots, other_held, _ = run(4)
     assert other_shots[0] != shots[0] and other_shots[1] != shots[1] and other_held[1] != held[1]
@@ -372,6 +424,23 @@ def test_eval_table_prints_names_in_brackets_as_they_are() -> None:
         assert text in table.getvalue()
 
 
+def test_eval_table_keeps_each_class_on_its_row() -> None:
+    """A folder name may hold a newline or a tab: escaped, as paths are in classify's output, it no longer splits
+    its rows of the recall and confusion tables in two, under the next class's numbers."""
+    import io
+
+    from clipzs.evaluate import Run
+    from clipzs.output import render_eval
+
+    classes = ["new\nline", "tab\tx"]
+    run = Run("m", "p", "simple", 2, metrics(np.eye(2), [0, 1]))
+    table = io.StringIO()
+    render_eval([run], classes, table, "table")
+    lines = table.getvalue().splitlines()
+    assert [line.split()[0] for line in lines if "100.0%" in line][1:] == ["new\\nline", "tab\\tx"]
+    assert not any(line.strip().startswith(("line", "x ")) for line in lines)
+
+
 def test_a_confusion_plot_of_many_classes_stays_small(tmp_path: Path) -> None:
     """Hundreds of classes (ImageNet has 1000): no tick labels, and the figure stops growing."""
     import tracemalloc
@@ -407,6 +476,22 @@ def test_a_labels_file_of_comments_only_renames_nothing(tiny_clip: ModelFiles, t
     result = CliRunner().invoke(app, args)
     assert result.exit_code == EXIT_USAGE
     assert f"the labels file {tmp_path / 'map.txt'} holds no labels" in result.stderr
+
+
+def test_classifier_files_of_one_name_are_told_apart(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """exp1/shapes.clf and exp2/shapes.clf, measured side by side, were two runs of the same name 'shapes.clf' in
+    the table and the JSON: which figures were whose could not be told. They are named by their paths."""
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=1, seed=6)
+    files = [str(tmp_path / folder / "shapes.clf") for folder in ("exp1", "exp2")]
+    for file, templates in zip(files, ("simple", "openai-7"), strict=True):
+        Path(file).parent.mkdir()
+        args = ["build-classifier", "-l", ",".join(CLASSES[:2]), "-t", templates, "-o", file, *tiny_clip.args]
+        assert CliRunner().invoke(app, args).exit_code == EXIT_OK
+    code, stdout, stderr = run_eval(str(tmp_path / "data"), "-c", files[0], "-c", files[1], "-f", "json")
+    assert code == EXIT_OK, stderr
+    assert [run["templates"] for run in json.loads(stdout)["runs"]] == [f"{file} (zero-shot)" for file in files]
+    code, stdout, stderr = run_eval(str(tmp_path / "data"), "-c", files[0], "-f", "json")  # alone: by its name
+    assert code == EXIT_OK and json.loads(stdout)["runs"][0]["templates"] == "shapes.clf (zero-shot)"
 
 
 def test_eval_warns_that_templates_do_not_apply_to_classifier_files(tiny_clip: ModelFiles, tmp_path: Path) -> None:

@@ -192,6 +192,53 @@ def test_few_shot_curve_against_zero_shot(tiny_clip: ModelFiles, tmp_path: Path)
         assert code == EXIT_USAGE and "--seed" in stderr, stderr
 
 
+def test_few_shot_plot_names_the_checkpoint_and_falls_back_to_a_confusion_matrix(
+    tiny_clip: ModelFiles, tmp_path: Path
+) -> None:
+    """The curve's legend names a checkpoint by its file name, as the confusion plot does, not by a path that runs
+    off the figure; and where every --shots count is left out, --plot draws the confusion matrix of what was
+    measured, not an empty curve. (SVG keeps each text of the figure in a comment.)"""
+    data = unseen_tree(tmp_path / "data", per_class=2, seed=11)
+    curve = tmp_path / "curve.svg"
+    code, _, stderr = cli("eval", str(data), "-t", "simple", "--shots", "1", "--plot", str(curve), *tiny_clip.args)
+    assert code == EXIT_OK, stderr
+    assert "<!-- tiny-clip (tiny-clip.safetensors) probe -->" in curve.read_text()
+    assert str(tiny_clip.checkpoint) not in curve.read_text()
+
+    plot = tmp_path / "plot.svg"
+    code, _, stderr = cli("eval", str(data), "-t", "simple", "--shots", "5", "--plot", str(plot), *tiny_clip.args)
+    assert code == EXIT_OK and "5 shots per class leave no image to test on: left out" in stderr
+    assert "no few-shot probe to draw; --plot shows a confusion matrix instead" in stderr
+    assert "<!-- predicted -->" in plot.read_text() and "labelled images per class" not in plot.read_text()
+
+
+def test_labels_the_model_cannot_tell_apart_are_refused_before_the_images_are_encoded(
+    tiny_clip: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class folders Cat and cat prompt alike: eval and probe fit --blend said so only once every image was
+    encoded (an hour, for ImageNet on a CPU). A plain probe needs no prompts, and fits them."""
+    from clipzs.api import ZeroShotClassifier
+
+    rng = np.random.default_rng(12)
+    for folder, shape in (("Red_circle", "red circle"), ("red_circle", "blue square")):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(2):
+            draw(shape, rng).save(tmp_path / "data" / folder / f"{i}.png")
+    encode = ZeroShotClassifier.encode_paths
+
+    def refuse_to_encode(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the images were encoded before the labels were checked")
+
+    monkeypatch.setattr(ZeroShotClassifier, "encode_paths", refuse_to_encode)
+    probe = str(tmp_path / "p.clf")
+    for command in (["eval", str(tmp_path / "data")], ["probe", "fit", str(tmp_path / "data"), "-o", probe, "--blend"]):
+        result = CliRunner().invoke(app, [*command, *tiny_clip.args])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "labels 'Red_circle' and 'red_circle' are the same to this model" in result.stderr
+    monkeypatch.setattr(ZeroShotClassifier, "encode_paths", encode)
+    assert cli("probe", "fit", str(tmp_path / "data"), "-o", probe, *tiny_clip.args)[0] == EXIT_OK
+
+
 def test_a_probe_file_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Built with relative model paths, the file still names the model absolutely."""
     repo = Path(__file__).resolve().parent.parent

@@ -55,6 +55,7 @@ def test_labels_file_skips_comments_and_blank_lines(tmp_path: Path) -> None:
         ("cat||kitten", "empty alias"),
         ("|kitten", "empty alias"),
         ("cat|kitten,cat", "twice"),
+        ("caf\udce9,dog", r"label 'caf\\udce9' is not UTF-8 text"),  # (a Latin-1 argument, as Python reads it)
     ],
 )
 def test_bad_labels_say_why(text: str, message: str) -> None:
