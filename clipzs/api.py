@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import numbers
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -39,8 +39,9 @@ from clipzs.errors import ClassifierError, ClipzsError, ImageError, UsageError
 from clipzs.features import FeatureCache, FileKey
 from clipzs.images import Draft, discover, from_memory, load_image, ordered_map
 from clipzs.model import LoadedModel, load_model
+from clipzs.output import shortened
 from clipzs.prediction import Prediction
-from clipzs.prompts import Label, check_labels, expand, load_templates, parse_label, parse_templates
+from clipzs.prompts import PLACEHOLDER, Label, check_labels, expand, load_templates, parse_label, parse_templates
 
 
 class ZeroShotClassifier:
@@ -123,6 +124,11 @@ class ZeroShotClassifier:
         built-in set name, a template file, or a list of templates, read as the lines of a template file are.
         """
         hint = "build(['cat', 'dog=dog|puppy']); for 'cat,dog' as --labels takes it: build(s.split(','))"
+        if isinstance(labels, Mapping):  # (iterated, a dict gives its keys: the aliases it maps them to would be lost)
+            raise UsageError(
+                f"labels must be a list, not a {type(labels).__name__}, whose values would be left out: for names "
+                "and their aliases, build([Label(name, tuple(aliases)) for name, aliases in labels.items()])"
+            )
         specs = _items(labels, (str, Label), "labels", hint)
         label_objs = check_labels(  # (Label objects as given: a name holding '|' or '=' is no spec to parse again)
             x if isinstance(x, Label) else parse_label(x) for x in specs if isinstance(x, Label) or x.strip()
@@ -161,6 +167,7 @@ class ZeroShotClassifier:
     def _encode_classifier(
         self, labels: Sequence[Label], templates: Sequence[str], meta: dict[str, object]
     ) -> Classifier:
+        _check_label_is_read(templates, self.model.tokenize)
         prompts = [expand(label, templates) for label in labels]
         tokens = self.model.tokenize([p for group in prompts for p in group])
         sizes = [len(group) for group in prompts]
@@ -460,6 +467,19 @@ def _check_model(classifier: Classifier, model: LoadedModel, source: str) -> Non
     renamed = model.fingerprint_named(recorded) if isinstance(recorded, str) and recorded else None
     same = [renamed] if renamed else []
     classifier.check_model(model.fingerprint, model.name, source=source, width=model.feature_width, same=same)
+
+
+def _check_label_is_read(templates: Sequence[str], tokenize: Callable[[Sequence[str]], torch.Tensor]) -> None:
+    """Refuse a template that puts the label past the tokens the text encoder reads (77 for CLIP, fewer for small
+    models): its prompt would be the same for every label, and would pull every class towards one vector. Alone,
+    it would make every label the same; among others, it would do so without a word."""
+    tokens = tokenize([t.replace(PLACEHOLDER, word) for t in templates for word in ("cat", "dog")])
+    for template, cat, dog in zip(templates, tokens[0::2], tokens[1::2], strict=True):
+        if torch.equal(cat, dog):
+            raise UsageError(
+                f"the template {shortened(template)!r} puts the label past the {tokens.shape[1]} tokens this model "
+                "reads, so its prompt is the same for every label: shorten what comes before its '{}'"
+            )
 
 
 def _check_told_apart(labels: Sequence[Label], prompts: Sequence[list[str]], tokens: Sequence[torch.Tensor]) -> None:

@@ -60,8 +60,13 @@ app = typer.Typer(
 FLAG = ""
 """The metavar of an on/off option: Typer would otherwise show its type, <bool>, as if it took a value."""
 LabelsOpt = Annotated[
-    Optional[str],
-    typer.Option("--labels", "-l", help="Comma-separated labels; a label may carry aliases: 'cat=cat|kitten,dog'."),
+    Optional[list[str]],
+    typer.Option(
+        "--labels",
+        "-l",
+        help="Comma-separated labels (repeat it to add more); a label may carry aliases: 'cat=cat|kitten,dog'; one "
+        "holding commas is quoted whole: '\"Washington, D.C.\",Paris'.",
+    ),
 ]
 LabelsFileOpt = Annotated[
     Optional[Path], typer.Option("--labels-file", help="A text file with one label (same syntax) per line.")
@@ -477,7 +482,9 @@ def evaluate(
             check_plot_path(plot)
         dataset = load_dataset(root)
         labels = class_labels(dataset.classes, class_prompts_from_file(labels_file) if labels_file else ())
-        template_sets = [t.strip() for t in (templates or DEFAULT_TEMPLATES).split(",") if t.strip()]
+        template_sets = [
+            t.strip() for t in (DEFAULT_TEMPLATES if templates is None else templates).split(",") if t.strip()
+        ]
         files = [(file, Classifier.load(Path(file))) for file in classifier or []]  # a wrong path fails now
         if plot is not None:
             _refuse_overwriting(
@@ -681,7 +688,7 @@ def probe_fit(
     """Fit an L2-regularised logistic regression on the images' features (strength chosen on held-out images)."""
     from clipzs.evaluate import class_labels, load_dataset
     from clipzs.probe import train_classifier
-    from clipzs.prompts import class_prompts_from_file
+    from clipzs.prompts import class_prompts_from_file, load_templates
 
     with _errors() as console:
         _check_output_place(output, folder=False)  # now, not after minutes of training
@@ -693,8 +700,12 @@ def probe_fit(
             *_among(dataset.paths, output, "one of the dataset's images"),
         )
         labels = class_labels(dataset.classes, class_prompts_from_file(labels_file) if labels_file else ())
+        blend_templates = (DEFAULT_TEMPLATES if templates is None else templates) if blend else None
+        if blend_templates is not None:
+            load_templates(blend_templates)  # a typo fails now, not after the images are encoded and fitted
+        elif templates is not None:
+            console.print("clipzs: warning: --templates is for --blend's zero-shot part; without --blend it is ignored")
         zsc = _ModelOptions(model, pretrained, model_config, device, precision).load()
-        blend_templates = (templates or DEFAULT_TEMPLATES) if blend else None
         if shots:
             counts = Counter(dataset.targets)
             short = [f"{dataset.classes[c]} ({n})" for c, n in sorted(counts.items()) if n < shots]
@@ -902,7 +913,7 @@ def _check_precision(device: str, precision: str) -> None:
 def _classifier(
     model: _ModelOptions,
     classifier: Path | None,
-    labels: str | None,
+    labels: list[str] | None,
     labels_file: Path | None,
     templates: str | None,
     no_cache: bool,
@@ -914,33 +925,38 @@ def _classifier(
 
 
 def _build(
-    model: _ModelOptions, labels: str | None, labels_file: Path | None, templates: str | None, no_cache: bool
+    model: _ModelOptions, labels: list[str] | None, labels_file: Path | None, templates: str | None, no_cache: bool
 ) -> ZeroShotClassifier:
     """Parse labels and templates first (cheap, likely to be mistyped), then load the model and build."""
     from clipzs.prompts import load_templates
 
     parsed = _labels(labels, labels_file)
-    template_list = load_templates(templates or DEFAULT_TEMPLATES)
+    template_list = load_templates(DEFAULT_TEMPLATES if templates is None else templates)
     zsc = model.load()
     zsc.build(parsed, template_list, use_cache=not no_cache)
     return zsc
 
 
-def _labels(labels: str | None, labels_file: Path | None) -> tuple[Label, ...]:
+def _labels(labels: list[str] | None, labels_file: Path | None) -> tuple[Label, ...]:
+    """The labels of every --labels given (-l cat -l dog is -l cat,dog), or of the --labels-file."""
     from clipzs.prompts import labels_from_file, labels_from_option
 
     if (labels is None) == (labels_file is None):
         raise UsageError("give the classes with exactly one of --labels 'cat,dog', --labels-file FILE or --classifier")
-    return labels_from_option(labels) if labels is not None else labels_from_file(labels_file)  # type: ignore[arg-type]
+    return labels_from_option(*labels) if labels is not None else labels_from_file(labels_file)  # type: ignore[arg-type]
 
 
 def _warn_one_label(console: Console, zsc: ZeroShotClassifier) -> None:
     """A softmax over one label scores every image 1.0: almost certainly not what was meant."""
+    import shlex
+
+    from clipzs.prompts import labels_option_item
+
     if zsc.classifier is not None and len(zsc.classifier.names) == 1 and zsc.scores_sum_to_one:
-        name = zsc.classifier.names[0]
+        labels = shlex.quote(f"{labels_option_item(zsc.classifier.names[0])},something else")
         console.print(
             f"clipzs: warning: one label, so every image scores 1.0 (scores are shared out among the labels); "
-            f"name the alternatives too, e.g. -l '{name},something else'"
+            f"name the alternatives too, e.g. -l {labels}"
         )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from clipzs.errors import ClipzsWarning, ImageError, UsageError
 from clipzs.images import image_extensions, walk
 from clipzs.output import some_of
-from clipzs.prompts import Label, is_text, read_text
+from clipzs.prompts import Label, as_text, is_text, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -244,13 +244,18 @@ class Run:
 def class_labels(classes: Sequence[str], mapping: Sequence[Label] = ()) -> list[Label]:
     """Each class with its prompts: the mapping's aliases where it names the class (``folder=alias|alias``),
     else the class name with underscores read as spaces ("golden_retriever" is prompted as "golden retriever")."""
-    by_name = {label.name: label for label in mapping}
-    unused = sorted(set(by_name) - set(classes))
+    by_text = {as_text(label.name): label for label in mapping}  # (a folder named on macOS is the class of its name)
+    texts = {as_text(name) for name in classes}
+    unused = sorted(label.name for text, label in by_text.items() if text not in texts)
     if unused:  # a typo would quietly prompt the class by its folder name instead, and lower its accuracy
         shown = some_of([repr(label) for label in unused], 5)
         message = f"{len(unused)} labels of the labels file name no class of the dataset: {shown}"
         warnings.warn(message, ClipzsWarning, stacklevel=2)
-    return [by_name.get(name, Label(name, (spoken(name),))) for name in classes]
+    labels = []
+    for name in classes:
+        given = by_text.get(as_text(name))
+        labels.append(Label(name, given.aliases if given else (spoken(name),)))
+    return labels
 
 
 def spoken(class_name: str) -> str:
@@ -340,7 +345,10 @@ def evaluate_classifier(
     wrong, and counted in ``Metrics.other``."""
     assert zsc.classifier is not None
     names = zsc.classifier.names
-    columns = {c: names.index(n) for c in dataset.classes for n in (spoken(c), c) if n in names}
+    where: dict[str, int] = {}
+    for column, label in enumerate(names):
+        where.setdefault(as_text(label), column)
+    columns = {c: where[n] for c in dataset.classes for n in (as_text(spoken(c)), as_text(c)) if n in where}
     missing = [c for c in dataset.classes if c not in columns]
     if missing:
         shown = some_of(missing, 10)

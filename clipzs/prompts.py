@@ -11,7 +11,10 @@ A template is a line of text in which ``{}`` marks where the label (or alias) go
 
 from __future__ import annotations
 
+import codecs
+import csv
 import importlib.resources
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,13 @@ def builtin_template_sets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(_prompts_dir().glob("*.txt"))}
 
 
+def as_text(name: str) -> str:
+    """A name as the text it reads, to compare names by: text that looks the same may be written in two Unicode
+    forms, an accent as a letter of its own ("café" as editors write it) or as a mark after its letter (as macOS
+    names folders and files)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def parse_templates(text: str, source: str) -> tuple[str, ...]:
     """Templates from text: one per line; blank lines and lines starting with '#' are skipped."""
     templates = []
@@ -77,7 +87,7 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
         return parse_templates(builtin[name_or_path].read_text(encoding="utf-8"), name_or_path)
     path = Path(name_or_path)
     if path.is_file():
-        return parse_templates(read_text(path), str(path))
+        return parse_templates(_read_words(path), str(path))
     raise UsageError(
         f"unknown template set {name_or_path!r}: use one of {', '.join(builtin)} or the path of a text file "
         "with one template per line"
@@ -86,6 +96,14 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
 
 def parse_label(spec: str) -> Label:
     """Parse ``name``, ``name=alias|alias|...`` or ``alias|alias|...`` (the first alias names the label)."""
+    lines = spec.strip().splitlines()
+    if len(lines) > 1:  # (``-l "$(cat classes.txt)"`` would be one label of many lines)
+        more = f"{len(lines) - 1} more line{'s' if len(lines) > 2 else ''}"
+        raise UsageError(
+            f"a label holds line breaks: {lines[0]!r} and {more}: labels are separated by commas in --labels "
+            "('cat,dog'); read a file of one label per line with --labels-file FILE (in Python: "
+            "build(text.splitlines()))"
+        )
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if sep:
@@ -118,11 +136,18 @@ def check_labels(given: Iterable[Label]) -> tuple[Label, ...]:
         raise UsageError(
             "no labels given: name the classes (--labels 'cat,dog' or --labels-file FILE; build(['cat', 'dog']))"
         )
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for label in labels:
-        if label.name in seen:
+        text = as_text(label.name)
+        first = seen.get(text)
+        if first == label.name:
             raise UsageError(f"label {label.name!r} is given twice")
-        seen.add(label.name)
+        if first is not None:
+            raise UsageError(
+                f"labels {first!r} and {label.name!r} are the same text in two Unicode forms (an accent written as "
+                "a letter of its own, or as a mark after its letter): give it once"
+            )
+        seen[text] = label.name
     return labels
 
 
@@ -136,9 +161,33 @@ def is_text(text: str) -> bool:
     return True
 
 
-def labels_from_option(text: str) -> tuple[Label, ...]:
-    """Labels from a comma-separated ``--labels`` value."""
-    return parse_labels(text.split(","))
+def labels_from_option(*values: str) -> tuple[Label, ...]:
+    """Labels from ``--labels`` values, each comma-separated (the option may be given more than once)."""
+    return parse_labels(item for text in values for item in split_labels_option(text))
+
+
+def split_labels_option(text: str) -> list[str]:
+    """The items of a ``--labels`` value, split at commas as a CSV line is: a label quoted whole in double quotes
+    may hold commas (``"Washington, D.C.",Paris``; ``""`` is a quote in it), and a quote elsewhere is a character
+    of the label (``12" vinyl``). A quote that opens an item and is not closed at its end is refused, since the
+    label it was meant to quote would be cut in two."""
+    if "\n" in text or "\r" in text:  # (not CSV's error: parse_label says what to do with a label of many lines)
+        return text.split(",")
+    try:
+        return next(csv.reader([text], skipinitialspace=True, strict=True), [])
+    except csv.Error:
+        raise UsageError(
+            f"--labels {text!r}: a label opens a quote that does not close at its end: quote a label holding commas "
+            'whole (\'"Washington, D.C.",Paris\'), and write a quote inside it twice (\'"""Weird"" Al",cat\'); or '
+            "give one label per line with --labels-file"
+        ) from None
+
+
+def labels_option_item(name: str) -> str:
+    """How ``name`` is written as one item of --labels: quoted whole where it holds a comma or starts with a quote."""
+    if "," in name or name.lstrip().startswith('"'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
 
 
 def labels_from_file(path: Path) -> tuple[Label, ...]:
@@ -149,7 +198,7 @@ def labels_from_file(path: Path) -> tuple[Label, ...]:
             f"the labels file {path} holds no labels, only blank lines and comments: write one label per line "
             "(cat, or dog=dog|puppy)"
         )
-    return parse_labels(lines)
+    return _parse_lines(path, lines)
 
 
 def class_prompts_from_file(path: Path) -> tuple[Label, ...]:
@@ -165,12 +214,27 @@ def class_prompts_from_file(path: Path) -> tuple[Label, ...]:
         message = f"the labels file {path} holds no labels, only blank lines and comments: classes keep their names"
         warnings.warn(message, ClipzsWarning, stacklevel=2)
         return ()
-    return parse_labels(lines)
+    return _parse_lines(path, lines)
 
 
-def _label_lines(path: Path) -> list[str]:
-    """A labels file's lines that are neither blank nor '#' comments."""
-    return [line for line in read_text(path).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+def _label_lines(path: Path) -> list[tuple[int, str]]:
+    """A labels file's lines that are neither blank nor '#' comments, with their numbers."""
+    lines = enumerate(_read_words(path).splitlines(), start=1)
+    return [(number, line) for number, line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _parse_lines(path: Path, lines: Sequence[tuple[int, str]]) -> tuple[Label, ...]:
+    """The labels of a labels file's lines; a mistake is named by its file and line, as in a file of a thousand."""
+    labels = []
+    for number, line in lines:
+        try:
+            labels.append(parse_label(line))
+        except UsageError as e:
+            raise UsageError(f"{path}, line {number}: {e}") from e
+    try:
+        return check_labels(labels)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from e
 
 
 def expand(label: Label, templates: Sequence[str]) -> list[str]:
@@ -179,15 +243,32 @@ def expand(label: Label, templates: Sequence[str]) -> list[str]:
 
 
 def read_text(path: Path, what: str = "") -> str:
-    """A user's text file, UTF-8 with or without the byte-order mark Windows editors put first, line endings
-    as written; UsageError saying why if it cannot be read (``what`` names the kind of file in the message)."""
+    """A user's text file, UTF-8 with or without the byte-order mark Windows editors put first, or UTF-16 with
+    its byte-order mark (Notepad's "Unicode", PowerShell's ``>``), line endings as written; UsageError saying why
+    if it cannot be read (``what`` names the kind of file in the message)."""
     name = f"{what} {path}" if what else str(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {name}: {e.strerror or e}") from e
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
-        raise UsageError(f"cannot read {name}: line {line} is not UTF-8 text (save the file as UTF-8)") from e
+        kind = "UTF-16" if utf16 else "UTF-8"
+        raise UsageError(f"cannot read {name}: line {line} is not {kind} text (save the file as UTF-8)") from e
+    return text
+
+
+def _read_words(path: Path) -> str:
+    """The text of a labels or templates file (``read_text``), refused where it holds a NUL character, which no
+    label or prompt does, and which UTF-16 without its byte-order mark puts beside every letter."""
+    text = read_text(path)
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise UsageError(
+            f"cannot read {path}: line {line} holds a NUL character, so it is not text (UTF-16 without a byte-order "
+            "mark?): save the file as UTF-8"
+        )
+    return text

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from clipzs.api import ZeroShotClassifier
 from clipzs.classifier import Classifier
 from clipzs.cli import app
-from clipzs.errors import EXIT_OK, EXIT_USAGE, ClassifierError
+from clipzs.errors import EXIT_OK, EXIT_USAGE, ClassifierError, UsageError
 from clipzs.prompts import Label, labels_from_file, load_templates
 from clipzs.sorting import Step, apply
 from tests.conftest import ModelFiles, jsonl
@@ -199,6 +199,36 @@ def test_files_saved_by_windows_notepad_read_as_written(tiny_clip: ModelFiles, t
         code, out, err = cli("eval", str(data), "-t", str(templates), "--format", "json", *tiny_clip.args)
         assert code == EXIT_OK, err
         assert json.loads(out)["classes"] == ["blue_square", "red_circle"]
+
+
+def test_an_empty_templates_option_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
+    """`-t "$TEMPLATES"` with the variable unset names no template set: refused, not run with the default set; and
+    a misspelt set is refused before a model is loaded (probe fit --blend found it after fitting)."""
+    photo = images(tmp_path / "imgs")[0]
+    nowhere = ["--model-config", str(tmp_path / "missing.json")]  # (refused before a model is looked for)
+    refused(["build-classifier", "-l", "a,b", "-t", "", "-o", str(tmp_path / "x.clf"), *nowhere], "template set ''")
+    refused(["classify", str(photo), "-l", "a,b", "-t", "", *nowhere], "unknown template set ''")
+    refused(
+        ["probe", "fit", str(tmp_path / "imgs"), "--blend", "-t", "", "-o", str(tmp_path / "p.clf"), *nowhere], "''"
+    )
+    refused(["eval", str(tmp_path / "imgs"), "-t", "", *nowhere], "--templates names no template set")
+    fit = ["probe", "fit", str(tmp_path / "imgs"), "--blend", "-t", "openai7", "-o", str(tmp_path / "p.clf")]
+    refused([*fit, *nowhere], "unknown template set 'openai7'")
+    assert not (tmp_path / "x.clf").exists() and not (tmp_path / "p.clf").exists()
+
+
+def test_files_saved_as_utf16_are_read_or_refused(tmp_path: Path) -> None:
+    """Notepad's "Unicode" and PowerShell's `>` write UTF-16 with a byte-order mark: read as written. Without the
+    mark, the NUL byte beside each letter is refused, not made into labels."""
+    labels, templates = tmp_path / "labels.txt", tmp_path / "templates.txt"
+    for bom, codec in ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+        labels.write_bytes(bom + "# mine\r\nred circle\r\ncafé\r\n".encode(codec))
+        assert labels_from_file(labels) == (Label("red circle", ("red circle",)), Label("café", ("café",)))
+        templates.write_bytes(bom + "a photo of a {}.\n".encode(codec))
+        assert load_templates(str(templates)) == ("a photo of a {}.",)
+    labels.write_bytes("red circle\nblue square\n".encode("utf-16-le"))
+    with pytest.raises(UsageError, match=r"line 1 holds a NUL character.*save the file as UTF-8"):
+        labels_from_file(labels)
 
 
 # Sort manifests ----------------------------------------------------------------------------------------------

@@ -516,6 +516,15 @@ def test_parquet_output_and_resume(rand_clip: ModelFiles, photos: list[Path], tm
     assert sorted(out.iterdir()) == before
 
 
+def test_labels_given_more_than_once_add_up(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    """-l cat -l dog is -l cat,dog (the last one alone was used, the others dropped without a word); a label quoted
+    whole keeps its comma."""
+    args = ["-l", "cat", "-l", 'dog,"Washington, D.C."', "-k", "5", "-f", "jsonl", *rand_clip.args]
+    code, stdout, stderr = run("classify", str(photos[0]), *args)
+    assert code == EXIT_OK, stderr
+    assert {e["label"] for e in jsonl(stdout)[0]["top_k"]} == {"cat", "dog", "Washington, D.C."}
+
+
 def test_one_label_with_softmax_scores_warns(
     rand_clip: ModelFiles, rand_sigmoid: ModelFiles, photos: list[Path]
 ) -> None:
@@ -523,6 +532,8 @@ def test_one_label_with_softmax_scores_warns(
     code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat", "-f", "jsonl", *rand_clip.args)
     assert code == EXIT_OK and jsonl(stdout)[0]["score"] == 1.0
     assert "one label, so every image scores 1.0" in stderr and "-l 'cat,something else'" in stderr
+    _, _, stderr = run("classify", str(photos[0]), "-l", '"Washington, D.C."', *rand_clip.args)
+    assert """-l '"Washington, D.C.",something else'""" in stderr, "the suggestion is one to copy: quoted as it must be"
     _, _, stderr = run("classify", str(photos[0]), "-l", "cat,dog", *rand_clip.args)
     assert "one label" not in stderr
     code, stdout, stderr = run("classify", str(photos[0]), "-l", "cat", "-f", "jsonl", *rand_sigmoid.args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -12,7 +13,8 @@ from typer.testing import CliRunner
 
 from clipzs.cli import app
 from clipzs.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, UsageError
-from clipzs.evaluate import load_dataset, metrics
+from clipzs.evaluate import class_labels, load_dataset, metrics
+from clipzs.prompts import Label
 from tests.conftest import ModelFiles
 from tests.test_probe import record_draws
 from tests.test_tiny_clip import MIN_ACCURACY
@@ -248,6 +250,29 @@ def test_a_labels_file_line_that_names_no_class_is_warned_of(tiny_clip: ModelFil
     code, _, stderr = run_eval(str(tmp_path / "data"), "--labels-file", str(tmp_path / "map.txt"), *tiny_clip.args)
     assert code == EXIT_OK and "clipzs: warning: 1 labels of the labels file name no class" in stderr
     assert "'Red_Circl'" in stderr
+
+
+def test_a_labels_file_names_a_class_whatever_its_unicode_form() -> None:
+    """A folder named on macOS (an accent as a mark after its letter) is the class a labels file written in an
+    editor names (the accent a letter of its own): it takes the file's prompts, and no warning says it is not there."""
+    folder = "cafe\u0301"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = class_labels([folder, "tea_room"], [Label("caf\u00e9", ("coffee shop",))])
+    assert labels == [Label(folder, ("coffee shop",)), Label("tea_room", ("tea room",))]
+
+
+def test_a_classifier_label_names_a_class_whatever_its_unicode_form(tiny_clip: ModelFiles, tmp_path: Path) -> None:
+    """eval -c: the class of a folder named on macOS is the label 'café' typed in an editor, not one it lacks."""
+    shapes_tree(tmp_path / "data", CLASSES[:2], per_class=2, seed=9)
+    (tmp_path / "data" / CLASSES[0].replace(" ", "_")).rename(tmp_path / "data" / "cafe\u0301")
+    clf = tmp_path / "cafe.clf"
+    labels = f"caf\u00e9={CLASSES[0]},{CLASSES[1]}"
+    built = CliRunner().invoke(app, ["build-classifier", "-l", labels, "-o", str(clf), *tiny_clip.args])
+    assert built.exit_code == EXIT_OK, built.output
+    code, stdout, stderr = run_eval(str(tmp_path / "data"), "-c", str(clf), "-f", "json", "--device", "cpu")
+    assert code == EXIT_OK, stderr
+    assert json.loads(stdout)["runs"][0]["top1"] == 1.0
 
 
 def test_a_classifier_of_spaced_labels_evaluates_folders_of_underscores(tiny_clip: ModelFiles, tmp_path: Path) -> None:

@@ -81,7 +81,8 @@ def test_a_probe_file_classifies_like_a_zero_shot_one(tiny_clip: ModelFiles, tmp
     train = unseen_tree(tmp_path / "train", per_class=6, seed=3)
     test = unseen_tree(tmp_path / "test", per_class=3, seed=4)
     probe = tmp_path / "probe.clf"
-    assert cli("probe", "fit", str(train), "-o", str(probe), *tiny_clip.args)[0] == EXIT_OK
+    code, _, stderr = cli("probe", "fit", str(train), "-o", str(probe), "-t", "simple", *tiny_clip.args)
+    assert code == EXIT_OK and "--templates is for --blend's zero-shot part; without --blend it is ignored" in stderr
     code, stdout, _ = cli("classify", str(test), "-c", str(probe), "--device", "cpu", "-k", "4")
     assert code == EXIT_OK
     records = jsonl(stdout)

@@ -56,11 +56,33 @@ def test_labels_file_skips_comments_and_blank_lines(tmp_path: Path) -> None:
         ("|kitten", "empty alias"),
         ("cat|kitten,cat", "twice"),
         ("caf\udce9,dog", r"label 'caf\\udce9' is not UTF-8 text"),  # (a Latin-1 argument, as Python reads it)
+        ("caf\u00e9,cafe\u0301", "are the same text in two Unicode forms"),
+        ("red circle\nblue square\ngreen triangle", "holds line breaks: 'red circle' and 2 more lines"),
+        ('"Washington, D.C.,Paris', "opens a quote"),
+        ('"Weird" Al,cat', "opens a quote"),
     ],
 )
 def test_bad_labels_say_why(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         labels_from_option(text)
+
+
+def test_a_label_quoted_whole_may_hold_commas() -> None:
+    """As in CSV: a label that is one item quoted whole holds commas ("" is a quote in it); a quote elsewhere is
+    the label's own."""
+    labels = labels_from_option('"Washington, D.C.", Paris ,"""Weird"" Al",12" vinyl,"AT&T, Inc.=AT&T|AT and T"')
+    assert [label.name for label in labels] == ["Washington, D.C.", "Paris", '"Weird" Al', '12" vinyl', "AT&T, Inc."]
+    assert labels[-1].aliases == ("AT&T", "AT and T")
+
+
+def test_a_labels_file_names_the_line_of_a_mistake(tmp_path: Path) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_text("cat\n# a comment\n\ndog=\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"classes.txt, line 4: empty alias in label 'dog='"):
+        labels_from_file(path)
+    path.write_text("missile\ndog\nmissile\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"classes.txt: label 'missile' is given twice"):
+        labels_from_file(path)
 
 
 def test_template_file(tmp_path: Path) -> None:
