@@ -759,9 +759,8 @@ def templates(
         for set_name in builtin_template_sets():
             found = load_templates(set_name)
             default = "  (default)" if set_name == DEFAULT_TEMPLATES else ""
-            typer.echo(
-                f"{set_name:<12} {len(found):>3} template{'s' if len(found) > 1 else ' '}, e.g. {found[0]!r}{default}"
-            )
+            counted = f"{len(found):>3} {'templates,' if len(found) > 1 else 'template, '}"  # (aligned)
+            typer.echo(f"{set_name:<12} {counted} e.g. {found[0]!r}{default}")
 
 
 @app.command()

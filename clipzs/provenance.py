@@ -52,7 +52,8 @@ def describe(classifier: Classifier) -> str:
     model = f"{meta.get('model', 'an unnamed model')} ({meta.get('pretrained', 'unnamed weights')})"
     kind = meta.get("kind", "zero-shot")
     templates = meta.get("templates") or []
-    made = f"{len(templates)} templates" if kind == "zero-shot" else f"a {kind} classifier"
+    count = f"{len(templates)} template{'' if len(templates) == 1 else 's'}"
+    made = count if kind == "zero-shot" else f"a {kind} classifier"
     return f"{model}, {made}, labels {some_of(classifier.names, 5)}"
 
 

@@ -262,7 +262,7 @@ def test_resume_refuses_other_templates_or_more_labels(
     before = snapshot(out)
     code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog", "-t", "openai-7")
     assert code == EXIT_USAGE
-    assert "other templates" in stderr and "1 templates" in stderr and "7 templates" in stderr
+    assert "other templates" in stderr and "1 template," in stderr and "7 templates" in stderr
     code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog,bird", "-t", "simple")
     assert code == EXIT_USAGE
     assert "other labels" in stderr and "templates" not in stderr.split("than this run's")[0]
