@@ -232,12 +232,19 @@ def classify(
         appending = resume and output is not None and output.is_file() and output.stat().st_size > 0
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown engine {engine!r}: use local or ray")
-        if engine == "ray":
+        if engine == "local" and workers is not None:
+            raise UsageError("--workers sizes Ray's pool of actors: it needs --engine ray")
+        if engine == "ray":  # what can be checked before the model loads and Ray starts
             from clipzs.device import check_precision_name
+            from clipzs.ray_engine import check_actor_device, check_ray_address, require_ray
 
+            require_ray()
+            check_actor_device(device)
+            check_ray_address(os.environ.get("RAY_ADDRESS"))
             check_precision_name(precision)  # the actors check it against their own devices
-        here = precision if engine == "local" else "auto"  # this process only encodes the prompts
-        options = _ModelOptions(model, pretrained, model_config, device, here)
+        # On Ray this process only encodes the prompts, wherever it can: --device and --precision are the actors'.
+        here = (device, precision) if engine == "local" else ("cpu" if device == "cpu" else "auto", "auto")
+        options = _ModelOptions(model, pretrained, model_config, *here)
         zsc = _classifier(options, classifier, labels, labels_file, templates, no_cache)
         if output is not None:  # (a classifier file names the weights it was built with)
             _refuse_overwriting(output, *_model_files(zsc))
@@ -248,29 +255,32 @@ def classify(
             _check_same_classifier(output, zsc.classifier)
         skipped = _Skips(console)
         ranked = _csv_columns(output, appending and chosen == "csv", min(top_k, len(zsc.classifier.names)))
-        with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
-            writer = _writer(chosen, engine, output, stream, ranked, appending)
-            if output is not None:
-                from clipzs.provenance import record
+        ray_was_running = engine == "ray" and _ray_running()
+        try:
+            predictions: Iterator[Prediction] | None = None
+            if engine == "ray":  # Ray joined and the actors' device and precision checked before the output is opened
+                parts = output if chosen == "parquet" else None  # written by Ray's tasks
+                predictions = _on_ray(zsc, paths, top_k, batch_size, workers, device, precision, parts)
+            with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
+                writer = _writer(chosen, engine, output, stream, ranked, appending)
+                if output is not None:
+                    from clipzs.provenance import record
 
-                record(output, zsc.classifier)
-            ray_was_running = engine == "ray" and _ray_running()
-            try:
-                with _progress(console, len(paths), quiet) as advance:
-                    if engine == "ray":
-                        parts = output if chosen == "parquet" else None  # written by Ray's tasks
-                        predictions = _on_ray(zsc, paths, top_k, batch_size, workers, precision, parts)
-                    else:
-                        predictions = zsc.classify_paths(
-                            paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache
-                        )
-                    for prediction in skipped.reported(predictions):
-                        writer.write(prediction)
-                        advance()
-            finally:
-                writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C too
-                if engine == "ray" and not ray_was_running:
-                    _stop_ray()  # on failure too
+                    record(output, zsc.classifier)
+                try:
+                    with _progress(console, len(paths), quiet) as advance:
+                        if predictions is None:
+                            predictions = zsc.classify_paths(
+                                paths, top_k=top_k, batch_size=batch_size, use_cache=not no_cache
+                            )
+                        for prediction in skipped.reported(predictions):
+                            writer.write(prediction)
+                            advance()
+                finally:
+                    writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C
+        finally:
+            if engine == "ray" and not ray_was_running:
+                _stop_ray()  # on failure too
         if not quiet:
             console.print(
                 f"clipzs: scored {len(paths) - skipped.count} of {len(paths)} images"
@@ -329,10 +339,11 @@ def _ray_running() -> bool:
 
 def _stop_ray() -> None:
     """Disconnect from the Ray this command connected to (and stop a local instance it started) while Ctrl-C is
-    still the command's to handle: left to Ray's exit hook, the seconds it takes end in a traceback if interrupted."""
-    import ray
-
-    ray.shutdown()
+    still the command's to handle: left to Ray's exit hook, the seconds it takes end in a traceback if interrupted.
+    Nothing to do where Ray was never imported (not installed, or the command failed before)."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        ray.shutdown()
 
 
 def _on_ray(
@@ -341,11 +352,13 @@ def _on_ray(
     top_k: int,
     batch_size: int | None,
     workers: int | None,
+    device: str,
     precision: str,
     parquet_folder: Path | None = None,
 ) -> Iterator[Prediction]:
     """Hand the classification to Ray Data: the classifier travels as a file, the model by name and weights.
-    With ``parquet_folder``, Ray's tasks write the Parquet parts and the predictions carry only path and error."""
+    With ``parquet_folder``, Ray's tasks write the Parquet parts and the predictions carry only path and error.
+    Ray is joined and the run checked now; the iterator returned runs it."""
     import tempfile
 
     from clipzs.ray_engine import classify_on_ray
@@ -362,7 +375,7 @@ def _on_ray(
             "model_config": zsc.model.model_config,
             "precision": precision,  # as asked: each actor resolves auto for its own device
         }
-        yield from classify_on_ray(
+        return classify_on_ray(
             paths,
             model=model,
             classifier_file=classifier_file,
@@ -372,6 +385,7 @@ def _on_ray(
             batch_size=batch_size,
             workers=workers,
             parquet_folder=parquet_folder,
+            device=device,
         )
 
 

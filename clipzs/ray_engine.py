@@ -17,6 +17,8 @@ import functools
 import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +52,9 @@ def plan_actors(nodes: Sequence[dict[str, float]], workers: int | None) -> Actor
     """Size the actor pool for a cluster, given each live node's resources (``{"CPU": 8, "GPU": 1, ...}``).
 
     With GPUs: ``workers`` actors (default one per GPU), sharing a GPU evenly when there are more actors than
-    GPUs. CPU only: ``workers`` actors (default one per node); the actors of a node share its CPU slots but a
-    reserve for the decode and write tasks (an eighth, at least two tasks' worth), and each runs as many torch
-    threads as the slots it holds, rounded up.
+    GPUs. CPU only: ``workers`` actors (default one per node), no more on a node than it has CPU slots (a usage
+    error); the actors of a node share its CPU slots but a reserve for the decode and write tasks (an eighth, at
+    least two tasks' worth), and each runs as many torch threads as the slots it holds, rounded up.
     """
     gpus = sum(node.get("GPU", 0) for node in nodes)
     if gpus:
@@ -64,11 +66,90 @@ def plan_actors(nodes: Sequence[dict[str, float]], workers: int | None) -> Actor
     actors = workers or len(cpus)
     per_node = math.ceil(actors / len(cpus))  # actors packed on a node when they outnumber the nodes
     smallest = min(cpus)
+    if per_node > smallest:
+        raise UsageError(
+            f"--workers {actors} would put {per_node} actors on a node of {smallest:g} CPUs: a CPU actor runs at "
+            "least one thread and holds a copy of the model, so actors beyond the cores only add memory and "
+            f"start-up time: use --workers {len(cpus) * max(1, math.floor(smallest))} or fewer"
+        )
     room = smallest - max(2 * TASK_CPUS, smallest / 8)
     num_cpus = math.floor(room / per_node * 1000) / 1000  # rounded down, so that per_node of them fit
     if num_cpus == TASK_CPUS:
         num_cpus -= 0.001  # the same request as the tasks' would let Ray fuse decoding into the actors
     return ActorPlan(actors, num_cpus, 0.0, max(1, math.ceil(num_cpus)))
+
+
+ACTOR_DEVICES = ("auto", "cpu", "cuda")
+"""What ``--device`` may ask of the actors: Ray places them on GPUs itself, so no ``cuda:N``."""
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long to wait for the head node that ``RAY_ADDRESS`` names to answer before saying that nothing does:
+Ray itself retries an unreachable address for many minutes."""
+
+
+def require_ray() -> None:
+    """Ray Data must be importable: a usage error naming the extra to install, before anything is loaded."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise UsageError("--engine ray needs Ray: pip install 'clipzs[ray]' (or 'ray[data]')") from e
+
+
+def check_actor_device(device: str) -> None:
+    """A ``--device`` the actors cannot be placed on is a usage error, before Ray starts."""
+    if device not in ACTOR_DEVICES:
+        raise UsageError(
+            f"--device {device} with --engine ray: Ray's actors run on the CPU or on the GPUs Ray gives them: "
+            "use --device auto, cpu or cuda"
+        )
+
+
+def actor_nodes(nodes: Sequence[dict[str, float]], device: str) -> list[dict[str, float]]:
+    """The live nodes' resources as the actors may use them: ``auto`` the cluster's GPUs where it has some, else
+    its CPUs; ``cpu`` its CPUs only; ``cuda`` its GPUs, which it must have."""
+    check_actor_device(device)
+    if device == "cpu":
+        return [{name: amount for name, amount in node.items() if name != "GPU"} for node in nodes]
+    if device == "cuda" and not any(node.get("GPU") for node in nodes):
+        raise UsageError("--device cuda was asked for, but the Ray cluster has no GPUs: use --device cpu or auto")
+    return list(nodes)
+
+
+def check_ray_address(address: str | None, connect: Any = socket.create_connection) -> None:
+    """A ``RAY_ADDRESS`` of ``host:port`` must answer within ``CONNECT_TIMEOUT_S``; Ray itself would retry for
+    many minutes. ``auto``, ``local``, ``ray://`` addresses and none are left to Ray."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"RAY_ADDRESS={address} is not a Ray address: give HOST:PORT of the head node, or auto")
+    try:
+        connect((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e)).lower()
+        raise UsageError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({reason}): start it (ray start --head), correct "
+            "RAY_ADDRESS, or unset it for a local Ray instance"
+        ) from None
+
+
+def join_ray() -> None:
+    """Join the cluster ``RAY_ADDRESS`` names (or one ``ray start`` began on this machine), else start a local
+    instance; a cluster that cannot be joined is a usage error naming the address, not Ray's traceback."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    check_ray_address(address)
+    try:
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError) as e:
+        if address == "auto":
+            raise UsageError(
+                "RAY_ADDRESS=auto, but no Ray cluster runs on this machine: start one (ray start --head), or unset "
+                "RAY_ADDRESS for a local Ray instance"
+            ) from None
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "Ray"
+        raise UsageError(f"cannot join {where}: {e}") from None
 
 
 def _decode(batch: dict[str, np.ndarray], geometry: Any, draft: Draft | None) -> dict[str, np.ndarray]:
@@ -149,28 +230,31 @@ def classify_on_ray(
     batch_size: int | None = None,
     workers: int | None = None,
     parquet_folder: Path | None = None,
+    device: str = "auto",
 ) -> Iterator[Prediction]:
-    """Classify on Ray Data, yielding predictions in input order.
+    """Classify on Ray Data: the predictions in input order, as an iterator that runs the work. Ray is joined,
+    and the device, the precision and the actors checked, before this returns: before the caller opens its output.
 
     ``model``: keyword arguments of ``ZeroShotClassifier.from_pretrained``; ``classifier_file``: the classifier
     to score against; ``geometry``: the model's PIL resize-and-crop (``LoadedModel.pixels.geometry``).
     ``parquet_folder``: Ray's tasks write the results there as Parquet parts of up to ``PARQUET_PART_ROWS``
     rows, with the local engine's schema, and the predictions yielded carry only the path and any error.
+    ``device``: where the actors run (``actor_nodes``).
     """
-    try:
-        import ray
-        import ray.data
-    except ImportError as e:
-        raise UsageError("--engine ray needs Ray: pip install 'ray[data]'") from e
+    require_ray()
+    check_actor_device(device)
+    import ray
+    import ray.data
+
     run = open_parquet_folder(parquet_folder) if parquet_folder is not None else 0
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        join_ray()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # stderr is for clipzs's own diagnostics
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    plan = plan_actors(nodes, workers)
+    plan = plan_actors(actor_nodes(nodes, device), workers)
     import torch
 
     from clipzs.device import resolve_precision
@@ -187,6 +271,11 @@ def classify_on_ray(
         top_k=top_k,
         batch_size=batch_size or (GPU_BATCH_SIZE if plan.num_gpus else DEFAULT_BATCH_SIZE),
     )
+    return _results(scored, parquet_folder, run)
+
+
+def _results(scored: Any, parquet_folder: Path | None, run: int) -> Iterator[Prediction]:
+    """Run the dataset: the predictions in input order, or, writing Parquet parts, each image's path and error."""
     if parquet_folder is None:
         for row in scored.iter_rows():
             yield Prediction.from_dict(json.loads(row["record"]))

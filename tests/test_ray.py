@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from clipzs import ray_engine
 from clipzs.cli import app
 from clipzs.config import DEFAULT_BATCH_SIZE, GPU_BATCH_SIZE
-from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE
+from clipzs.errors import EXIT_SKIPPED, EXIT_USAGE, UsageError
 from clipzs.ray_engine import TASK_CPUS, ActorPlan, plan_actors
 from tests.conftest import ModelFiles, jsonl
 
@@ -137,6 +139,8 @@ def test_actor_plan(nodes: list[dict[str, float]], workers: int | None, expected
 @pytest.mark.parametrize("workers", [1, 2, 3, 5, 8])
 def test_the_actors_always_leave_room_for_a_task(cpus: int, workers: int) -> None:
     """Actors holding every CPU slot while decode tasks wait for one would never finish."""
+    if workers > cpus:
+        return  # refused (test_cpu_actors_beyond_the_cores_are_refused)
     plan = plan_actors([{"CPU": cpus}], workers)
     assert plan.actors == workers and 0 < plan.num_cpus != TASK_CPUS
     assert workers * plan.num_cpus + TASK_CPUS <= cpus
@@ -217,3 +221,143 @@ def test_ray_writes_the_parquet_parts_itself(
     new = [p for p in on_ray.iterdir() if p.name.startswith(f"part-{len(parts) - 1:05d}-")]
     assert {path for p in new for path in pq.read_table(p).column("path").to_pylist()} == lost
     assert sorted(pq.read_table(on_ray).column("path").to_pylist()) == sorted(expected.column("path").to_pylist())
+
+
+@pytest.mark.parametrize(
+    ("device", "nodes", "expected"),
+    [
+        ("auto", [{"CPU": 8, "GPU": 1}], [{"CPU": 8, "GPU": 1}]),  # the cluster's GPUs where it has some
+        ("auto", [{"CPU": 8}], [{"CPU": 8}]),
+        ("cpu", [{"CPU": 8, "GPU": 1}, {"CPU": 4}], [{"CPU": 8}, {"CPU": 4}]),  # --device cpu leaves them out
+        ("cuda", [{"CPU": 8}, {"CPU": 8, "GPU": 2}], [{"CPU": 8}, {"CPU": 8, "GPU": 2}]),
+    ],
+)
+def test_the_actors_run_on_the_device_asked_for(
+    device: str, nodes: list[dict[str, float]], expected: list[dict[str, float]]
+) -> None:
+    assert ray_engine.actor_nodes(nodes, device) == expected
+    assert plan_actors(ray_engine.actor_nodes(nodes, device), None).num_gpus == (device != "cpu" and gpus(nodes))
+
+
+def gpus(nodes: list[dict[str, float]]) -> bool:
+    return any(node.get("GPU") for node in nodes)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda", "the Ray cluster has no GPUs"),  # as the driver may have none while the workers do, and back
+        ("mps", "use --device auto, cpu or cuda"),
+        ("cuda:1", "use --device auto, cpu or cuda"),  # Ray hands each actor its GPUs
+    ],
+)
+def test_a_device_the_actors_cannot_use_is_refused(device: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ray_engine.actor_nodes([{"CPU": 8}], device)
+
+
+def test_device_cpu_keeps_the_actors_off_a_clusters_gpus(
+    rand_clip: ModelFiles, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--device cpu`` (rand_clip.args) on a cluster with GPUs: CPU actors at fp32, in CPU-sized batches, as the
+    local engine computes; --device cuda is the cluster's to have, not this machine's (Ray's nodes mocked)."""
+    built: dict[str, Any] = {}
+
+    class Nothing:
+        def iter_rows(self) -> Iterator[dict[str, Any]]:
+            return iter(())
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # as if joined: no Ray starts, and none is stopped
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])
+    monkeypatch.setattr(ray_engine, "build_dataset", lambda paths, **kwargs: built.update(kwargs) or Nothing())
+    args = ["classify", str(photos[0]), "-l", "cat,dog", "--engine", "ray", *rand_clip.args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert built["model"]["device"] == "cpu" and built["plan"].num_gpus == 0
+    assert built["batch_size"] == DEFAULT_BATCH_SIZE
+    on_gpus = CliRunner().invoke(app, [*args, "--device", "cuda"])  # (a later --device wins)
+    assert on_gpus.exit_code == 0, on_gpus.output
+    assert built["model"]["device"] == "cuda" and built["plan"].num_gpus == 1.0
+
+
+def test_without_ray_the_message_names_the_extra(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray not installed: a usage error saying what to install, before the model loads or the output is made."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    output = tmp_path / "out.csv"
+    args = ["classify", str(photos[0]), "-l", "cat,dog", "--engine", "ray", "-o", str(output), *rand_clip.args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_USAGE and "pip install 'clipzs[ray]'" in result.stderr, result.output
+    assert not output.exists()
+
+
+def test_workers_without_ray_is_refused(rand_clip: ModelFiles, photos: list[Path]) -> None:
+    """--workers sizes Ray's actor pool: the local engine would ignore it without a word."""
+    result = CliRunner().invoke(app, ["classify", str(photos[0]), "-l", "cat,dog", "--workers", "4", *rand_clip.args])
+    assert result.exit_code == EXIT_USAGE and "--engine ray" in result.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_ray_address_that_does_not_answer_is_refused_at_once() -> None:
+    """Ray would retry such an address for many minutes (a host that does not resolve, or a port nothing
+    listens on): the command says so instead."""
+    for address in (f"127.0.0.1:{_closed_port()}", "no-such-host.invalid:6379"):
+        with pytest.raises(UsageError, match=f"RAY_ADDRESS={re.escape(address)}: no Ray cluster answers there"):
+            ray_engine.check_ray_address(address)
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        ray_engine.check_ray_address("head-node")
+    for left_to_ray in (None, "", "auto", "local", "ray://head:10001"):
+        ray_engine.check_ray_address(left_to_ray, connect=None)  # (would fail if it connected)
+
+
+def test_a_cluster_that_cannot_be_joined_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's own errors (RAY_ADDRESS=auto with no cluster here, a ray:// address without Ray Client) become one
+    line naming RAY_ADDRESS, not a traceback."""
+
+    def fail(error: Exception) -> Any:
+        def init(**kwargs: Any) -> None:
+            raise error
+
+        return init
+
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    monkeypatch.setattr(ray, "init", fail(ConnectionError("Could not find any running Ray instance.")))
+    with pytest.raises(UsageError, match=r"RAY_ADDRESS=auto, but no Ray cluster runs on this machine"):
+        ray_engine.join_ray()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setattr(ray, "init", fail(ValueError("Ray Client requires pip package `ray[client]`.")))
+    with pytest.raises(UsageError, match=r"cannot join the Ray cluster at RAY_ADDRESS=ray://head:10001: Ray Client"):
+        ray_engine.join_ray()
+
+
+def test_a_run_refused_on_joining_ray_leaves_the_output_as_it_was(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What can only be checked once Ray is joined (fp16 on a cluster of CPUs, here) is refused before the
+    output is opened: the results of an earlier run there are not emptied (Ray's nodes mocked)."""
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0}}])
+    output = tmp_path / "results.csv"
+    output.write_text("path,label,score\nearlier.jpg,cat,0.9\n")
+    args = ["classify", str(photos[0]), "-l", "cat,dog", "--engine", "ray", "-o", str(output), *rand_clip.args]
+    refused = CliRunner().invoke(app, [*args, "--precision", "fp16"])
+    assert refused.exit_code == EXIT_USAGE and "fp16 is for CUDA GPUs" in refused.stderr, refused.output
+    assert output.read_text() == "path,label,score\nearlier.jpg,cat,0.9\n"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "workers", "fewer"),
+    [([{"CPU": 2}], 64, 2), ([{"CPU": 1}], 2, 1), ([{"CPU": 4}, {"CPU": 2}], 5, 4)],
+)
+def test_cpu_actors_beyond_the_cores_are_refused(nodes: list[dict[str, float]], workers: int, fewer: int) -> None:
+    """--workers 64 on a 2-core machine would start 64 processes, each holding the model, to share two cores."""
+    with pytest.raises(UsageError, match=rf"--workers {workers} would put .* use --workers {fewer} or fewer"):
+        plan_actors(nodes, workers)
+    plan_actors([{"CPU": 8, "GPU": 1}], workers)  # GPU actors share the GPUs as asked
