@@ -51,7 +51,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.filename in (str(tmp), tmp) and e.errno is not None:  # (a full disk, say)
+        if e.filename in (None, str(tmp), tmp) and e.errno is not None:  # (a full disk, say: write() names none)
             raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
     except BaseException:

@@ -66,8 +66,10 @@ class Classifier:
         return [label.name for label in self.labels]
 
     def save(self, path: Path) -> None:
-        """Write the classifier file atomically."""
-        from safetensors.torch import save_file
+        """Write the classifier file atomically. A failed write (a full disk) raises OSError, of ``path``:
+        safetensors serialises to bytes here and Python writes them, where safetensors' own file writer raises
+        an error of its own that names no file."""
+        from safetensors.torch import save
 
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.meta}
         header["labels"] = [{"name": label.name, "aliases": list(label.aliases)} for label in self.labels]
@@ -75,7 +77,12 @@ class Classifier:
         tensors = {TENSOR_NAME: self.weights.detach().float().contiguous().cpu()}
         if self.bias is not None:
             tensors[BIAS_NAME] = self.bias.detach().float().contiguous().cpu()
-        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        data = save(tensors, metadata=metadata)
+
+        def write(tmp: Path) -> None:
+            tmp.write_bytes(data)
+
+        atomic_write(Path(path), write)
 
     @classmethod
     def load(cls, path: Path) -> Classifier:

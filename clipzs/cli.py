@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -196,7 +197,7 @@ def classify(
     from clipzs.images import discover
     from clipzs.output import choose_format
 
-    with _errors() as console:
+    with _errors() as console, contextlib.ExitStack() as held:
         if classifier is not None and (labels is not None or labels_file is not None or templates is not None):
             raise UsageError("--classifier already holds labels and templates: drop --labels/--labels-file/--templates")
         chosen = choose_format(fmt, str(output) if output else None, sys.stdout.isatty())
@@ -220,6 +221,7 @@ def classify(
                 *_files_read(classifier, labels_file, templates, pretrained, model_config),
                 *_among(paths, output, "one of the images to classify"),
             )
+        holding = output is not None and chosen != "parquet" and held.enter_context(_held(output))
         done: dict[str, str | None] = {}
         if resume:
             if output is None:
@@ -261,7 +263,8 @@ def classify(
             if engine == "ray":  # Ray joined and the actors' device and precision checked before the output is opened
                 parts = output if chosen == "parquet" else None  # written by Ray's tasks
                 predictions = _on_ray(zsc, paths, top_k, batch_size, workers, device, precision, parts)
-            with _open_output(output if chosen != "parquet" else None, append=appending) as stream:
+            written = output if chosen != "parquet" else None
+            with _open_output(written, append=appending, hold=not holding) as stream:
                 writer = _writer(chosen, engine, output, stream, ranked, appending)
                 if output is not None:
                     from clipzs.provenance import record
@@ -1142,16 +1145,57 @@ def _check_output_place(output: Path, folder: bool) -> None:
 
 
 @contextlib.contextmanager
-def _open_output(output: Path | None, append: bool = False) -> Iterator[IO[str]]:
+def _open_output(output: Path | None, append: bool = False, hold: bool = True) -> Iterator[IO[str]]:
+    """The output file, opened to append or emptied; with ``hold``, held against other commands first (see
+    ``_held``), so that one refused empties nothing."""
     if output is None:
         yield sys.stdout
         return
     try:
-        stream = open(output, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0), 0o666)
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from e
-    with stream:
+    with os.fdopen(fd, "a" if append else "w", encoding="utf-8", newline="") as stream:
+        if hold:
+            _hold(fd, output)
+        if not append and stat.S_ISREG(os.fstat(fd).st_mode):  # (not /dev/null, say)
+            os.ftruncate(fd, 0)
         yield stream
+
+
+@contextlib.contextmanager
+def _held(output: Path) -> Iterator[bool]:
+    """Hold an existing output file for the whole command, before --resume reads it (and cuts a torn line);
+    whether it is held (a file not there yet is held once it is made, by ``_open_output``)."""
+    try:
+        fd = os.open(output, os.O_RDONLY | os.O_NONBLOCK) if output.is_file() else None
+    except OSError:  # (one that cannot be read: said when it is written)
+        fd = None
+    if fd is None:
+        yield False
+        return
+    try:
+        _hold(fd, output)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _hold(fd: int, output: Path) -> None:
+    """Lock an output file against other commands that would write it at the same time: two runs resuming one
+    file each appended every image left, and one could cut off the line that the other was writing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: not guarded
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(
+            f"{output} is being written by another command: let it finish, or write another file"
+        ) from None
+    except OSError:  # a file system without locks: not guarded
+        pass
 
 
 @contextlib.contextmanager

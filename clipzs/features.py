@@ -28,7 +28,9 @@ from clipzs.cache import file_version
 from clipzs.errors import CacheWarning
 
 SCHEMA_VERSION = 3
-SET_UP_ATTEMPTS = 100
+LOCK_WAIT = 30.0
+"""Seconds a command waits, in all, for the write lock that another process holds on the cache, before it goes
+on without the cache (at set-up) or stops writing it (a batch)."""
 
 
 @dataclass(frozen=True)
@@ -101,19 +103,31 @@ class FeatureCache:
             raise sqlite3.OperationalError(f"cannot make its folder: {e.strerror or e}") from e
         self.database = database
         self.encoder = encoder
-        self.db: sqlite3.Connection | None = sqlite3.connect(database, timeout=30, isolation_level=None)
+        self.db: sqlite3.Connection | None = sqlite3.connect(database, timeout=LOCK_WAIT, isolation_level=None)
         try:
-            for attempt in range(SET_UP_ATTEMPTS):
-                try:
-                    self._set_up()
-                    break
-                except sqlite3.OperationalError as e:  # commands starting together: one is switching to WAL,
-                    if "locked" not in str(e) or attempt == SET_UP_ATTEMPTS - 1:  # which SQLite does not wait for
-                        raise
-                    time.sleep(0.05)
+            self._set_up_within(LOCK_WAIT)
         except BaseException:
             self.db.close()
             raise
+        self.identity = _identity(database)  # (the file SQLite has made by now)
+
+    def _set_up_within(self, seconds: float) -> None:
+        """Set up the database, trying again while it is locked, for ``seconds`` in all: commands starting
+        together (one switching to WAL, which SQLite does not wait for), or another process's write transaction,
+        which each try waits for only as long as is left."""
+        assert self.db is not None
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            self.db.execute(f"PRAGMA busy_timeout={max(int(left * 1000), 0)}")
+            try:
+                self._set_up()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+        self.db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
     def _set_up(self) -> None:
         assert self.db is not None
@@ -179,9 +193,28 @@ class FeatureCache:
                 self._give_up("written", e)
 
     def _give_up(self, verb: str, error: sqlite3.Error) -> None:
-        """Stop using a cache that failed (a full disk, a file damaged meanwhile): the run goes on without it."""
-        _warn(f"the feature cache {self.database} cannot be {verb} ({error}): the rest of this run goes without it")
+        """Stop using a cache that failed (a full disk, a damaged file): the run goes on without it. A damaged
+        file, which SQLite finds only when it reads the damaged part, is removed, so the next run makes it anew."""
         self.close()
+        if type(error) is sqlite3.DatabaseError and self._remove_damaged():  # (not locked, not full: damaged)
+            _warn(
+                f"the feature cache {self.database} is damaged ({error}): removed it, the next run makes it anew; "
+                "the rest of this run goes without it"
+            )
+            return
+        _warn(f"the feature cache {self.database} cannot be {verb} ({error}): the rest of this run goes without it")
+
+    def _remove_damaged(self) -> bool:
+        """Delete the damaged database this cache opened, with its journal, unless another process has replaced
+        it meanwhile; whether it is gone."""
+        try:
+            with _exclusive(Path(f"{self.database}.lock")):
+                if self.identity is not None and _identity(self.database) == self.identity:
+                    for path in (self.database, Path(f"{self.database}-wal"), Path(f"{self.database}-shm")):
+                        path.unlink(missing_ok=True)
+        except OSError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -200,6 +233,15 @@ class FeatureCache:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             self.db = None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device and inode), to tell it from one made there anew; None when none is."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 @contextlib.contextmanager

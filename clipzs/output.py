@@ -25,6 +25,8 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv
 PARQUET_PART_ROWS = 1000
 JSONL_START = b'{"path": '
 """How every line clipzs writes to JSON Lines starts."""
+UTF8_BOM = b"\xef\xbb\xbf"
+"""What some editors (Notepad) put at the start of a UTF-8 file they save."""
 CSV_COLUMNS = ("path", "label", "score", "error")
 """The first columns of clipzs's CSV, before the ranked labels."""
 
@@ -60,9 +62,10 @@ def written_paths(path: Path, fmt: str) -> dict[str, str | None]:
     """The paths an earlier run wrote to this JSON Lines, CSV or Parquet output, for --resume, with the label
     each got (None for an image it could not read).
 
-    Only clipzs's own output is resumed: any other file is refused and left as it is. A run killed mid-write
-    may leave its last line cut short: once the file is known to be clipzs's, that line is cut off, so that
-    the lines appended next are whole too.
+    Only clipzs's own output is resumed: any other file is refused and left as it is; what an editor does to
+    a file it saves again (blank lines, Windows line ends, a UTF-8 byte order mark) is not held against it. A
+    run killed mid-write may leave its last line cut short: once the file is known to be clipzs's, that line is
+    cut off, so that the lines appended next are whole too.
     """
     if fmt == "parquet":
         return ParquetWriter.written_paths(path)
@@ -72,22 +75,24 @@ def written_paths(path: Path, fmt: str) -> dict[str, str | None]:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from e
+    mark = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     whole = data[: data.rfind(b"\n") + 1]
     try:
-        done = (jsonl_paths if fmt == "jsonl" else csv_paths)(whole, data[len(whole) :])
+        done = (jsonl_paths if fmt == "jsonl" else csv_paths)(whole[mark:], data[max(len(whole), mark) :])
     except (ValueError, RecursionError, csv.Error):  # (RecursionError: JSON nested too deep to parse)
         kind = "JSON Lines" if fmt == "jsonl" else "CSV"
         raise UsageError(f"{path} is not a clipzs {kind} output: cannot resume it") from None
-    if len(whole) != len(data):
+    keep = len(whole) if whole[mark:].strip() else 0  # (nothing but a mark and blank lines: a CSV needs its header)
+    if keep != len(data):
         with open(path, "r+b") as f:
-            f.truncate(len(whole))
+            f.truncate(keep)
     return done
 
 
 def jsonl_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
     """The paths in clipzs JSON Lines: the ``whole`` lines, then ``torn``, the start of one that a killed run
     cut short. ValueError when they are not that."""
-    records = [json.loads(line.decode("utf-8")) for line in whole.splitlines()]
+    records = [json.loads(line.decode("utf-8")) for line in whole.splitlines() if line.strip()]
     if not all(map(_is_record, records)) or not _starts_as(torn, JSONL_START):
         raise ValueError("not clipzs JSON Lines")
     return {record["path"]: record.get("label") for record in records}
@@ -96,7 +101,7 @@ def jsonl_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
 def csv_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
     """The paths in a clipzs CSV: the ``whole`` lines, then ``torn``, the start of one that a killed run cut
     short. ValueError when they are not that: the first line must be clipzs's header."""
-    rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))
+    rows = [row for row in csv.reader(io.StringIO(whole.decode("utf-8"), newline="")) if row]  # (blank lines)
     if not rows:  # not even the header is whole
         if not _starts_as(torn, ",".join(CSV_COLUMNS).encode()):
             raise ValueError("not a clipzs CSV")

@@ -590,3 +590,43 @@ def test_names_are_shown_as_they_are_not_as_emoji_codes(
     code, _, stderr = run("classify", str(photos[0]), str(missing), "-l", "cat,dog", "-q", *tiny_clip.args)
     assert code == EXIT_SKIPPED
     assert f"clipzs: skipped {missing}: no such file" in stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_no_room_to_write_is_said_of_the_file_and_caches_only_cost_time(
+    rand_clip: ModelFiles, photos: list[Path], tmp_path: Path
+) -> None:
+    """No room to write (a file size limit stands in for a full disk): build-classifier names the file it could
+    not write, and classify, whose caches cannot be written, gives every result all the same. Both ended in a
+    traceback: safetensors raised an error of its own, not OSError."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "CLIPZS_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "clipzs", *rand_clip.args, "-l", "cat,rocket"]
+    clf = tmp_path / "pets.clf"
+    built = subprocess.run(
+        [*command[:3], "build-classifier", *command[3:], "-o", str(clf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert built.returncode == EXIT_USAGE, built.stderr
+    assert built.stderr.splitlines() == [f"clipzs: error: {clf}: File too large"]
+    assert not clf.exists() and list(tmp_path.glob(".pets.clf*")) == []
+    folder = str(photos[0].parent)
+    done = subprocess.run(
+        [*command[:3], "classify", folder, *command[3:], "-f", "jsonl"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,  # (stdout is a pipe, which the limit does not bound)
+    )
+    assert done.returncode == EXIT_OK and "Traceback" not in done.stderr, done.stderr
+    _, expected, _ = run("classify", folder, *command[3:], "-f", "jsonl", "--no-cache")
+    assert jsonl(done.stdout) == jsonl(expected)

@@ -290,3 +290,63 @@ def test_a_cache_file_another_process_is_replacing_is_waited_for(
     cache.put_many([(FileKey("/photo.jpg", 1, 1), np.ones(4, dtype=np.float32))])
     assert len(cache.get_many([FileKey("/photo.jpg", 1, 1)])) == 1
     cache.close()
+
+
+def test_a_cache_another_process_holds_locked_is_waited_for_once_then_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds a write transaction on a cache not yet set up (a sqlite3 shell's BEGIN EXCLUSIVE):
+    one wait for the lock in all, then the run goes on without the cache. Each try used to wait the whole
+    timeout again, a hundred times over (50 minutes, silent)."""
+    import sqlite3
+    import warnings
+
+    from clipzs import features
+
+    database = tmp_path / "features.sqlite3"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(features, "LOCK_WAIT", 0.2)
+    original = FeatureCache._set_up
+    tries: list[int] = []
+
+    def counted(self: FeatureCache) -> None:
+        tries.append(1)
+        original(self)
+
+    monkeypatch.setattr(FeatureCache, "_set_up", counted)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert FeatureCache.open(database, "encoder") is None
+    finally:
+        holder.close()
+    assert len(tries) < 5
+    assert any("locked" in str(w.message) and "encoded without it" in str(w.message) for w in seen)
+    cache = FeatureCache.open(database, "encoder")  # free again: used as before
+    assert cache is not None
+    cache.close()
+
+
+def test_a_cache_damaged_inside_is_made_anew_for_the_next_run(
+    rand_clip: ModelFiles, photos: list[Path], _isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose header is whole but whose pages are not ('database disk image is malformed' on the first
+    read): the run goes on without it, and the next run has a working cache again. It was left as it was, and
+    every later run went without a cache, with a warning each time."""
+    expected = classify(photos[0].parent, "cat,rocket", rand_clip, "--no-cache")
+    classify(photos[0].parent, "cat,rocket", rand_clip)  # fills the cache
+    database = _isolated_cache / "features.sqlite3"
+    data = database.read_bytes()
+    page = 4096
+    database.write_bytes(data[:page] + np.random.default_rng(0).bytes(len(data) - page))  # the schema page kept
+
+    result = CliRunner().invoke(
+        app, ["classify", str(photos[0].parent), "-l", "cat,rocket", "-b", "3", *rand_clip.args]
+    )
+    assert result.exit_code == EXIT_OK and jsonl(result.stdout) == expected
+    assert "clipzs: warning: the feature cache" in result.stderr and "malformed" in result.stderr
+    again = CliRunner().invoke(app, ["classify", str(photos[0].parent), "-l", "cat,rocket", "-b", "3", *rand_clip.args])
+    assert again.exit_code == EXIT_OK and jsonl(again.stdout) == expected and "warning" not in again.stderr
+    encoder = CountingImageEncoder(monkeypatch)  # the new cache holds them now
+    assert classify(photos[0].parent, "cat,rocket", rand_clip) == expected and encoder.images == 0

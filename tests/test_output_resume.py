@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -104,6 +105,36 @@ def test_resume_drops_only_a_line_cut_short(
     assert out.read_bytes().startswith(before)  # what was whole is kept as it was
     expected = [as_written(path, suffix) for path in rerun + [str(p) for p in folder.iterdir()]]
     assert sorted(paths_in(out)) == sorted(expected)  # each once, none torn
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda b: b.replace(b"\n", b"\n\n", 1),  # a blank line, as an editor leaves a deleted line
+        lambda b: b + b"\n",  # a blank last line (echo >> results)
+        lambda b: b"\xef\xbb\xbf" + b,  # saved again by an editor that marks UTF-8 so (Notepad)
+        lambda b: b.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"),  # Windows line ends
+    ],
+    ids=["blank-line", "blank-last-line", "bom", "crlf"],
+)
+def test_resume_carries_on_an_output_saved_again_by_an_editor(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str, edit: Any
+) -> None:
+    """What an editor does to a file it saves is no reason to refuse it: each image is still there once."""
+    out = tmp_path / f"results{suffix}"
+    first = sorted(folder.iterdir())[:2]
+    assert run("classify", *map(str, first), "-l", "cat,dog", "-o", str(out), *tiny_clip.args)[0] == EXIT_OK
+    out.write_bytes(edit(out.read_bytes()))
+    code, _, stderr = classify(folder, out, tiny_clip, "--resume")
+    assert code == EXIT_OK, stderr
+    assert "2 already in" in stderr
+    text = out.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    if suffix == ".csv":
+        written = [row["path"] for row in csv.DictReader(io.StringIO(text, newline="")) if row["path"]]
+    else:
+        written = [str(record["path"]) for record in jsonl(text)]
+    assert sorted(written) == sorted(as_written(str(p), suffix) for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
@@ -297,3 +328,57 @@ def test_a_file_made_again_under_the_name_is_not_held_to_the_old_record(
     out.unlink()
     copy.rename(out)
     assert resumed_with(out, folder, tiny_clip, "-l", "cat,dog")[0] == EXIT_OK
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs flock")
+@pytest.mark.parametrize("resume", [True, False])
+def test_an_output_another_command_is_writing_is_refused_and_left_as_it_is(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, resume: bool
+) -> None:
+    """Two commands writing one output at once (a --resume started twice): each appended every image left, or
+    one cut the line the other was writing. The second is refused, before it reads or cuts anything."""
+    import fcntl
+
+    out = tmp_path / "results.jsonl"
+    assert classify(folder, out, tiny_clip)[0] == EXIT_OK
+    before = out.read_bytes()[:-5]  # the first command is writing its last line
+    out.write_bytes(before)
+    with open(out, "ab") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)  # as clipzs holds it
+        code, _, stderr = classify(folder, out, tiny_clip, *(["--resume"] if resume else []))
+    assert code == EXIT_USAGE
+    assert (
+        stderr.strip()
+        == f"clipzs: error: {out} is being written by another command: let it finish, or write another file"
+    )
+    assert out.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs flock")
+def test_an_output_is_held_while_it_is_written(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the refusal above relies on: a command holds its output from before it is first written to its end."""
+    import fcntl
+
+    from clipzs.output import JsonlWriter
+
+    out = tmp_path / "results.jsonl"
+    free: list[bool] = []
+    write = JsonlWriter.write
+
+    def probing(self: JsonlWriter, prediction: Prediction) -> None:
+        with open(out, "rb") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free.append(True)
+            except BlockingIOError:
+                free.append(False)
+        write(self, prediction)
+
+    monkeypatch.setattr(JsonlWriter, "write", probing)
+    assert classify(folder, out, tiny_clip)[0] == EXIT_OK  # a new file
+    assert classify(folder, out, tiny_clip, "--resume")[0] == EXIT_OK  # one there already: nothing left to do
+    out.write_bytes(b"")
+    assert classify(folder, out, tiny_clip, "--resume")[0] == EXIT_OK  # an empty one
+    assert free == [False] * 8
