@@ -108,6 +108,16 @@ def file_version(status: os.stat_result) -> tuple[int, int, int]:
     return (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device and inode), to tell it from one made there anew; None when none is. (A
+    FAT memory card numbers its files anew at each mount.)"""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
 def write_text(path: Path, text: str) -> None:
     """Write UTF-8 text (for ``atomic_write``)."""
     path.write_text(text, encoding="utf-8")

@@ -7,6 +7,7 @@ torch and open_clip are imported only inside the commands that need them, so --h
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -58,6 +59,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""What a write says when a disk (or a quota, or a file-size limit) has no room left."""
 FLAG = ""
 """The metavar of an on/off option: Typer would otherwise show its type, <bool>, as if it took a value."""
 LabelsOpt = Annotated[
@@ -258,12 +261,12 @@ def classify(
         skipped = _Skips(console)
         ranked = _csv_columns(output, appending and chosen == "csv", min(top_k, len(zsc.classifier.names)))
         ray_was_running = engine == "ray" and _ray_running()
+        written = output if chosen != "parquet" else None  # (Parquet parts name themselves when they fail)
         try:
             predictions: Iterator[Prediction] | None = None
             if engine == "ray":  # Ray joined and the actors' device and precision checked before the output is opened
                 parts = output if chosen == "parquet" else None  # written by Ray's tasks
                 predictions = _on_ray(zsc, paths, top_k, batch_size, workers, device, precision, parts)
-            written = output if chosen != "parquet" else None
             with _open_output(written, append=appending, hold=not holding) as stream:
                 writer = _writer(chosen, engine, output, stream, ranked, appending)
                 if output is not None:
@@ -281,6 +284,13 @@ def classify(
                             advance()
                 finally:
                     writer.close()  # after the progress bar is gone (a table must not be drawn under it); on Ctrl-C
+        except OSError as e:  # a full disk: a write to the stream names no file
+            if written is None or e.filename is not None or e.errno not in NO_ROOM:
+                raise
+            raise UsageError(
+                f"cannot write {written}: {e.strerror}; the lines written are kept: carry on with --resume once there "
+                "is room"
+            ) from None
         finally:
             if engine == "ray" and not ray_was_running:
                 _stop_ray()  # on failure too
@@ -1146,8 +1156,8 @@ def _check_output_place(output: Path, folder: bool) -> None:
 
 @contextlib.contextmanager
 def _open_output(output: Path | None, append: bool = False, hold: bool = True) -> Iterator[IO[str]]:
-    """The output file, opened to append or emptied; with ``hold``, held against other commands first (see
-    ``_held``), so that one refused empties nothing."""
+    """The output file, opened to append or emptied; with ``hold``, a regular file is held against other commands
+    first (see ``_held``), so that one refused empties nothing."""
     if output is None:
         yield sys.stdout
         return
@@ -1156,10 +1166,11 @@ def _open_output(output: Path | None, append: bool = False, hold: bool = True) -
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from e
     with os.fdopen(fd, "a" if append else "w", encoding="utf-8", newline="") as stream:
-        if hold:
-            _hold(fd, output)
-        if not append and stat.S_ISREG(os.fstat(fd).st_mode):  # (not /dev/null, say)
-            os.ftruncate(fd, 0)
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # (not /dev/null, say: every command may write it at once)
+            if hold:
+                _hold(fd, output)
+            if not append:
+                os.ftruncate(fd, 0)
         yield stream
 
 
@@ -1238,6 +1249,9 @@ def main() -> None:
     Console.on_broken_pipe = _exit_broken_pipe  # type: ignore[method-assign,assignment] # (Typer's help is printed by rich)
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (_errors) begins: while Typer starts up
+        print("clipzs: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except OSError as e:  # help written to a full disk, say
         print(f"clipzs: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

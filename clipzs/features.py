@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipzs.cache import file_version
+from clipzs.cache import file_id, file_version
 from clipzs.errors import CacheWarning
 
 SCHEMA_VERSION = 3
@@ -84,8 +84,7 @@ class FeatureCache:
                     raise  # (locked, say: not damage, so nothing is deleted)
                 except sqlite3.DatabaseError:
                     pass  # still damaged
-                for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-                    path.unlink(missing_ok=True)
+                _delete(database)
                 cache = cls(database, encoder)
         except (OSError, sqlite3.Error) as e:
             _warn(
@@ -109,7 +108,7 @@ class FeatureCache:
         except BaseException:
             self.db.close()
             raise
-        self.identity = _identity(database)  # (the file SQLite has made by now)
+        self.identity = file_id(database)  # (the file SQLite has made by now)
 
     def _set_up_within(self, seconds: float) -> None:
         """Set up the database, trying again while it is locked, for ``seconds`` in all: commands starting
@@ -209,9 +208,8 @@ class FeatureCache:
         it meanwhile; whether it is gone."""
         try:
             with _exclusive(Path(f"{self.database}.lock")):
-                if self.identity is not None and _identity(self.database) == self.identity:
-                    for path in (self.database, Path(f"{self.database}-wal"), Path(f"{self.database}-shm")):
-                        path.unlink(missing_ok=True)
+                if self.identity is not None and file_id(self.database) == self.identity:
+                    _delete(self.database)
         except OSError:
             return False
         return True
@@ -235,13 +233,10 @@ class FeatureCache:
             self.db = None
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which file is at ``path`` (device and inode), to tell it from one made there anew; None when none is."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
+def _delete(database: Path) -> None:
+    """Delete a database with its journal (``OSError`` when it cannot be)."""
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

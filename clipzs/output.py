@@ -114,9 +114,9 @@ def csv_paths(whole: bytes, torn: bytes) -> dict[str, str | None]:
 
 
 def csv_ranks(path: Path) -> int:
-    """How many ranked labels a row of this clipzs CSV holds, by its header."""
+    """How many ranked labels a row of this clipzs CSV holds, by its header (its first line that is not blank)."""
     with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
+        header = next((row for row in csv.reader(f) if row), [])
     return (len(header) - len(CSV_COLUMNS)) // 2
 
 

@@ -169,17 +169,17 @@ def labels_from_option(*values: str) -> tuple[Label, ...]:
 def split_labels_option(text: str) -> list[str]:
     """The items of a ``--labels`` value, split at commas as a CSV line is: a label quoted whole in double quotes
     may hold commas (``"Washington, D.C.",Paris``; ``""`` is a quote in it), and a quote elsewhere is a character
-    of the label (``12" vinyl``). A quote that opens an item and is not closed at its end is refused, since the
-    label it was meant to quote would be cut in two."""
+    of the label (``12" vinyl``). A quote that opens an item and is not closed right at its end is refused (the
+    label it was meant to quote would be cut in two, or end in what follows the quote)."""
     if "\n" in text or "\r" in text:  # (not CSV's error: parse_label says what to do with a label of many lines)
         return text.split(",")
     try:
         return next(csv.reader([text], skipinitialspace=True, strict=True), [])
     except csv.Error:
         raise UsageError(
-            f"--labels {text!r}: a label opens a quote that does not close at its end: quote a label holding commas "
-            'whole (\'"Washington, D.C.",Paris\'), and write a quote inside it twice (\'"""Weird"" Al",cat\'); or '
-            "give one label per line with --labels-file"
+            f"--labels {text!r}: a label that opens a quote must close it at its end, right before the next comma: "
+            "quote a label holding commas whole ('\"Washington, D.C.\",Paris'), and write a quote inside it twice "
+            '(\'"""Weird"" Al",cat\'); or give one label per line with --labels-file'
         ) from None
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipzs.cache import atomic_write, cache_dir, key_of, write_text
+from clipzs.cache import atomic_write, cache_dir, file_id, key_of, write_text
 
 if TYPE_CHECKING:
     from clipzs.classifier import Classifier
@@ -62,13 +62,11 @@ def _record_path(output: Path) -> Path:
 
 
 def _file_id(output: Path) -> list[int] | None:
-    """Device and inode: what tells the file a run wrote from one made again under its name. (A FAT memory card
-    numbers its files anew at each mount: the record is then passed over, and resuming checks the labels only.)"""
-    try:
-        status = os.stat(output)
-    except (OSError, ValueError):
-        return None
-    return [status.st_dev, status.st_ino]
+    """The file's ``file_id``, as its record holds it: what tells the file a run wrote from one made again under
+    its name. (Where a file system numbers its files anew, the record is passed over, and resuming checks the
+    labels only.)"""
+    found = file_id(output)
+    return None if found is None else list(found)
 
 
 def record(output: Path, classifier: Classifier) -> None:

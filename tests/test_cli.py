@@ -630,3 +630,19 @@ def test_no_room_to_write_is_said_of_the_file_and_caches_only_cost_time(
     assert done.returncode == EXIT_OK and "Traceback" not in done.stderr, done.stderr
     _, expected, _ = run("classify", folder, *command[3:], "-f", "jsonl", "--no-cache")
     assert jsonl(done.stdout) == jsonl(expected)
+
+
+def test_ctrl_c_before_a_command_starts_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while Typer starts up, before a command's own handling: 'interrupted' and 130, as in a command."""
+    import clipzs.cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clipzs.cli, "app", interrupted)
+    monkeypatch.setattr(sys, "argv", ["clipzs", "templates"])
+    with pytest.raises(SystemExit) as exit_:
+        clipzs.cli.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "clipzs: interrupted\n"

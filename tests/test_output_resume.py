@@ -113,10 +113,11 @@ def test_resume_drops_only_a_line_cut_short(
     [
         lambda b: b.replace(b"\n", b"\n\n", 1),  # a blank line, as an editor leaves a deleted line
         lambda b: b + b"\n",  # a blank last line (echo >> results)
+        lambda b: b"\n" + b,  # a blank first line
         lambda b: b"\xef\xbb\xbf" + b,  # saved again by an editor that marks UTF-8 so (Notepad)
         lambda b: b.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"),  # Windows line ends
     ],
-    ids=["blank-line", "blank-last-line", "bom", "crlf"],
+    ids=["blank-line", "blank-last-line", "blank-first-line", "bom", "crlf"],
 )
 def test_resume_carries_on_an_output_saved_again_by_an_editor(
     tiny_clip: ModelFiles, folder: Path, tmp_path: Path, suffix: str, edit: Any
@@ -129,7 +130,7 @@ def test_resume_carries_on_an_output_saved_again_by_an_editor(
     code, _, stderr = classify(folder, out, tiny_clip, "--resume")
     assert code == EXIT_OK, stderr
     assert "2 already in" in stderr
-    text = out.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    text = out.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8").lstrip("\n")  # (DictReader: header first)
     if suffix == ".csv":
         written = [row["path"] for row in csv.DictReader(io.StringIO(text, newline="")) if row["path"]]
     else:
@@ -382,3 +383,37 @@ def test_an_output_is_held_while_it_is_written(
     out.write_bytes(b"")
     assert classify(folder, out, tiny_clip, "--resume")[0] == EXIT_OK  # an empty one
     assert free == [False] * 8
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not os.access("/dev", os.W_OK), reason="needs flock, -o /dev/null")
+def test_dev_null_is_not_held(tiny_clip: ModelFiles, folder: Path) -> None:
+    """Only a regular file is held: two commands that send their results to /dev/null do not refuse each other."""
+    import fcntl
+
+    with open(os.devnull, "wb") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # as another command writing /dev/null would hold it
+        code, _, stderr = classify(folder, Path(os.devnull), tiny_clip, "-f", "jsonl")
+    assert code == EXIT_OK, stderr
+
+
+def test_no_room_for_the_output_names_it_and_resume_carries_on(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    """A full disk (a file-size limit stands in for one) said only 'No space left on device', naming no file."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "clipzs", "classify", str(folder), "-l", "cat,dog", "-o", str(out)]
+    cut = subprocess.run(
+        [*command, *tiny_clip.args], capture_output=True, text=True, timeout=300, preexec_fn=small_files
+    )
+    assert cut.returncode == EXIT_USAGE and "Traceback" not in cut.stderr, cut.stderr
+    assert f"clipzs: error: cannot write {out}: File too large" in cut.stderr and "--resume" in cut.stderr
+    assert 0 < out.stat().st_size <= 300
+    assert classify(folder, out, tiny_clip, "--resume")[0] == EXIT_OK
+    whole = tmp_path / "whole.jsonl"
+    assert classify(folder, whole, tiny_clip)[0] == EXIT_OK
+    assert jsonl(out.read_text(encoding="utf-8")) == jsonl(whole.read_text(encoding="utf-8"))
