@@ -257,7 +257,7 @@ def classify(
         assert zsc.classifier is not None
         _check_same_labels(done, zsc, output)
         if output is not None and (appending or done):
-            _check_same_classifier(output, zsc.classifier)
+            _check_same_classifier(output, zsc.classifier, zsc.model.fingerprint)
         skipped = _Skips(console)
         ranked = _csv_columns(output, appending and chosen == "csv", min(top_k, len(zsc.classifier.names)))
         ray_was_running = engine == "ray" and _ray_running()
@@ -272,7 +272,7 @@ def classify(
                 if output is not None:
                     from clipzs.provenance import record
 
-                    record(output, zsc.classifier)
+                    record(output, zsc.classifier, zsc.model.fingerprint)
                 try:
                     with _progress(console, len(paths), quiet) as advance:
                         if predictions is None:
@@ -1060,13 +1060,13 @@ def _errors() -> Iterator[Console]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _check_same_classifier(output: Path, classifier: Classifier) -> None:
+def _check_same_classifier(output: Path, classifier: Classifier, model: str) -> None:
     """Refuse to resume an output that another classifier wrote (another model, other weights, templates or
     labels), as its record in the cache says: one file would mix the answers of two classifiers."""
     from clipzs.provenance import describe, differences, identity, recorded
 
     earlier = recorded(output)
-    changed = differences(earlier["identity"], identity(classifier)) if earlier else []
+    changed = differences(earlier["identity"], identity(classifier, model)) if earlier else []
     if earlier and changed:
         raise UsageError(
             f"{output} was written with {' and '.join(changed)} than this run's ({earlier['described']}, against "

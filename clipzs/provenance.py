@@ -26,12 +26,14 @@ ASPECTS = {  # what a classifier's identity holds, as a message names it when it
 }
 
 
-def identity(classifier: Classifier) -> dict[str, Any]:
-    """What the scores of a classifier depend on, besides the images: the model's weights (their fingerprint),
-    the templates, the labels with their aliases, and for a trained classifier (a probe, a blend) its weights."""
+def identity(classifier: Classifier, model: str) -> dict[str, Any]:
+    """What scores depend on, besides the images: the model that encodes them (its ``fingerprint``), the
+    classifier's templates, its labels with their aliases, and for a trained classifier (a probe, a blend) its
+    weights. (The model's own fingerprint, not the one a classifier file records: a file made by an older clipzs
+    records another form of it, for the same model.)"""
     meta = classifier.meta
     found: dict[str, Any] = {
-        "fingerprint": meta.get("fingerprint"),
+        "fingerprint": model,
         "templates": meta.get("templates"),
         "labels": sorted([label.name, *label.aliases] for label in classifier.labels),  # (in any order)
         "kind": meta.get("kind"),
@@ -69,14 +71,15 @@ def _file_id(output: Path) -> list[int] | None:
     return None if found is None else list(found)
 
 
-def record(output: Path, classifier: Classifier) -> None:
-    """Note that ``classifier`` writes ``output`` (a file or a Parquet folder, already created). A record that
+def record(output: Path, classifier: Classifier, model: str) -> None:
+    """Note that ``classifier``, with the model of fingerprint ``model``, writes ``output`` (a file or a Parquet
+    folder, already created). A record that
     cannot be written costs only the check of a later ``--resume``, so a cache folder that takes no writes is
     passed over."""
     entry = {
         "output": os.path.abspath(output),
         "file": _file_id(output),
-        "identity": identity(classifier),
+        "identity": identity(classifier, model),
         "described": describe(classifier),
     }
     text = json.dumps(entry, ensure_ascii=True)

@@ -417,3 +417,23 @@ def test_no_room_for_the_output_names_it_and_resume_carries_on(
     whole = tmp_path / "whole.jsonl"
     assert classify(folder, whole, tiny_clip)[0] == EXIT_OK
     assert jsonl(out.read_text(encoding="utf-8")) == jsonl(whole.read_text(encoding="utf-8"))
+
+
+def test_resume_with_labels_of_an_output_begun_with_a_classifier_file_of_an_older_clipzs(
+    tiny_clip: ModelFiles, folder: Path, tmp_path: Path
+) -> None:
+    """A classifier file made before fingerprints named the model's config records the weights' part alone; the
+    same model, templates and labels are the same classifier, whichever way the run was begun."""
+    from clipzs.classifier import Classifier
+
+    clf = tmp_path / "old.clf"
+    assert run("build-classifier", "-l", "cat,dog", "-o", str(clf), *tiny_clip.args)[0] == EXIT_OK
+    made = Classifier.load(clf)
+    old = {**made.meta, "fingerprint": made.meta["fingerprint"].split("|built:")[0]}
+    Classifier(made.weights, list(made.labels), meta=old).save(clf)
+    out = tmp_path / "results.jsonl"
+    first = sorted(folder.iterdir())[:2]
+    assert run("classify", *map(str, first), "-c", str(clf), "-o", str(out), *tiny_clip.args)[0] == EXIT_OK
+    code, stderr = resumed_with(out, folder, tiny_clip, "-l", "cat,dog")
+    assert code == EXIT_OK, stderr
+    assert len(paths_in(out)) == 4
