@@ -73,9 +73,8 @@ def _file_id(output: Path) -> list[int] | None:
 
 def record(output: Path, classifier: Classifier, model: str) -> None:
     """Note that ``classifier``, with the model of fingerprint ``model``, writes ``output`` (a file or a Parquet
-    folder, already created). A record that
-    cannot be written costs only the check of a later ``--resume``, so a cache folder that takes no writes is
-    passed over."""
+    folder, already created). A record that cannot be written costs only the check of a later ``--resume``, so a
+    cache folder that takes no writes is passed over."""
     entry = {
         "output": os.path.abspath(output),
         "file": _file_id(output),
