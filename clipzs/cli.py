@@ -795,7 +795,7 @@ def models(
     name: Annotated[Optional[str], typer.Argument(help="Only this model's pretrained tags.")] = None,
 ) -> None:
     """List open_clip models and their pretrained tags (model<TAB>tag)."""
-    with _errors():
+    with _errors() as console:
         from clipzs.model import check_model_name, import_open_clip
 
         open_clip = import_open_clip()
@@ -806,6 +806,8 @@ def models(
         for model_name, tag in pairs:
             default = "\t(default)" if (model_name, tag) == (DEFAULT_MODEL, DEFAULT_PRETRAINED) else ""
             typer.echo(f"{model_name}\t{tag}{default}")
+        if name is not None and not pairs:  # (on stderr: stdout lists tags, of which there are none)
+            console.print(f"clipzs: {name} has no pretrained tags: give its weights as a file with --pretrained PATH")
 
 
 @app.command()

@@ -734,8 +734,8 @@ def _require_network(what: str, url: str) -> None:
     if why_not:
         raise ModelError(
             f"the weights of {what} are not in the local cache and {why_not}. Run once with network access to "
-            "download and cache them, or pass --pretrained PATH to a local checkpoint file (torch.save state dict "
-            "or safetensors)."
+            "download and cache them, or give a local checkpoint file (a torch.save state dict or safetensors) with "
+            "--pretrained PATH and the --model (or --model-config) it is for."
         )
 
 

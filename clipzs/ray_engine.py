@@ -92,7 +92,7 @@ def require_ray() -> None:
     try:
         import ray.data  # noqa: F401
     except ImportError as e:
-        raise UsageError("--engine ray needs Ray: pip install 'clipzs[ray]' (or 'ray[data]')") from e
+        raise UsageError("--engine ray needs Ray: pip install 'ray[data]'") from e
 
 
 def check_actor_device(device: str) -> None:

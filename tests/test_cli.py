@@ -228,6 +228,8 @@ def test_listing_commands() -> None:
     assert run("templates", "simple")[1] == "a photo of a {}.\n"
     code, stdout, _ = run("models", "ViT-B-32-256")
     assert code == EXIT_OK and "ViT-B-32-256\tdatacomp_s34b_b86k\t(default)" in stdout
+    code, stdout, stderr = run("models", "ViT-L-16")  # a model open_clip knows, with no weights to download
+    assert code == EXIT_OK and stdout == "" and "ViT-L-16 has no pretrained tags" in stderr
 
 
 class CountingEncoder:

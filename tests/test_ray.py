@@ -289,7 +289,7 @@ def test_without_ray_the_message_names_the_extra(
     output = tmp_path / "out.csv"
     args = ["classify", str(photos[0]), "-l", "cat,dog", "--engine", "ray", "-o", str(output), *rand_clip.args]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == EXIT_USAGE and "pip install 'clipzs[ray]'" in result.stderr, result.output
+    assert result.exit_code == EXIT_USAGE and "pip install 'ray[data]'" in result.stderr, result.output
     assert not output.exists()
 
 
