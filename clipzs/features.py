@@ -26,6 +26,7 @@ import numpy as np
 
 from clipzs.cache import file_id, file_version
 from clipzs.errors import CacheWarning
+from clipzs.prompts import is_text
 
 SCHEMA_VERSION = 3
 LOCK_WAIT = 30.0
@@ -52,9 +53,7 @@ class FileKey:
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
-        try:
-            resolved.encode("utf-8")
-        except UnicodeEncodeError:  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
+        if not is_text(resolved):  # a name that is not UTF-8: SQLite cannot hold it, so it is not cached
             return None
         return cls(resolved, *file_version(status))
 
